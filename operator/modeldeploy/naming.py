@@ -1,0 +1,60 @@
+"""Names and labels of everything the operator creates: the one place they are decided."""
+
+from __future__ import annotations
+
+from modeldeploy import API_VERSION, FIELD_MANAGER, GROUP, KIND
+
+APP_NAME = "triton"
+COMPONENT = "inference-server"
+
+NAME = "app.kubernetes.io/name"
+INSTANCE = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+VERSION_LABEL = "app.kubernetes.io/version"
+PART_OF = "app.kubernetes.io/part-of"
+
+# Children carry this label so one watch per kind finds all of them.
+MANAGED_SELECTOR = f"{MANAGED_BY}={FIELD_MANAGER}"
+
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+PREFIX = GROUP  # annotations and kopf bookkeeping live under modeldeploy.dev/
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Pod selector of a ModelDeployment: fixed for the object's whole life (selectors are immutable)."""
+    return {NAME: APP_NAME, INSTANCE: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def object_labels(name: str, model_version: str) -> dict[str, str]:
+    """Recommended labels on every child and on the pods; `version` is the model version."""
+    return {
+        **selector_labels(name),
+        COMPONENT_LABEL: COMPONENT,
+        PART_OF: "modeldeploy",
+        MANAGED_BY: FIELD_MANAGER,
+        VERSION_LABEL: model_version,
+    }
+
+
+def owner_of(labels: dict[str, str] | None) -> str | None:
+    """The ModelDeployment a child belongs to, judged by its labels (ownerReferences decide ownership)."""
+    labels = labels or {}
+    if labels.get(MANAGED_BY) != FIELD_MANAGER:
+        return None
+    return labels.get(INSTANCE)
+
+
+def owner_reference(name: str, uid: str) -> dict[str, object]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def service_host(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc"

@@ -1,0 +1,162 @@
+"""The API models: defaults, field rules, and each cross-field rule with its message."""
+
+from __future__ import annotations
+
+import celpy
+import pytest
+
+from modeldeploy.api import ROOT_RULES, ModelDeployment, ModelSource, ResourcesSpec, parse_quantity
+from modeldeploy.crd import crd
+from modeldeploy.errors import InvalidSpec, parse_model_deployment
+from tests.support.specs import load_examples, minimal, with_path
+
+SHA = "a" * 64
+
+# (path to set under the document, value, the message the rule gives) — each breaks exactly one rule.
+BROKEN_RULES = [
+    ("spec.resources", {"gpu": 1, "mig": "1g.10gb"}, "resources.gpu and resources.mig are mutually exclusive"),
+    ("spec.resources", {"requests": {"nvidia.com/gpu": 1}}, "resources.requests must not name nvidia.com/*"),
+    ("spec.resources", {"limits": {"nvidia.com/gpu": 1}}, "resources.limits must not name nvidia.com/*"),
+    ("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2, "targetQueueTimeMicroseconds": 100},
+     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+    ("spec.autoscaling", {"maxReplicas": 2}, "autoscaling needs a target"),
+    ("spec.autoscaling", {"maxReplicas": 2, "targetCPUUtilization": 70},
+     "autoscaling.targetCPUUtilization needs resources.requests.cpu"),
+    ("spec.rollout", {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}},
+     "rollout.canary.steps weights must be strictly rising"),
+    ("spec.rollout", {"canary": {"steps": [{"weight": 10}, {"weight": 10}]}},
+     "rollout.canary.steps weights must be strictly rising"),
+    ("spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"}, "must not both be 0"),
+    ("spec.model", {"repository": "ftp://models/x", "version": "1"}, "model.repository must be s3://"),
+    ("spec.model", {"repository": "pvc://Bad_Claim/x", "version": "1"}, "model.repository must be s3://"),
+    ("spec.model", {"repository": "https://host/repo.tar.gz", "version": "1"}, "model.sha256 is required"),
+    ("spec.model", {"repository": "s3://b/p", "version": "1", "sha256": SHA}, "model.sha256 applies only"),
+    ("spec.model", {"repository": "pvc://claim/p", "version": "1", "credentialsSecret": "s"},
+     "model.credentialsSecret applies only"),
+    ("spec.disruptionBudget", {}, "disruptionBudget needs exactly one"),
+    ("spec.disruptionBudget", {"maxUnavailable": 1, "minAvailable": 1}, "disruptionBudget needs exactly one"),
+    ("metadata.name", "3d-model", "metadata.name must be a DNS label"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BROKEN_RULES)
+def test_each_rule_refuses_with_its_message(path, value, message):
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(with_path(minimal(), path, value))
+    assert any(message in problem for problem in caught.value.problems), caught.value.problems
+
+
+def _evaluate(rule: str, value) -> bool:
+    env = celpy.Environment()
+    return bool(env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(value)}))
+
+
+def failing_cel_messages(schema: dict, value) -> list[str]:
+    """Walk value with its schema as the API server does: apply defaults, then run every node's rules."""
+    failed: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        value = dict(value)
+        for key, prop in schema["properties"].items():
+            if key not in value and "default" in prop:
+                value[key] = prop["default"]
+            if key in value:
+                failed += failing_cel_messages(prop, value[key])
+                value[key] = _defaulted(prop, value[key])
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            failed += failing_cel_messages(schema["items"], item)
+    failed += [r["message"] for r in schema.get("x-kubernetes-validations", []) if not _evaluate(r["rule"], value)]
+    return failed
+
+
+def _defaulted(schema: dict, value):
+    if isinstance(value, dict) and "properties" in schema:
+        out = dict(value)
+        for key, prop in schema["properties"].items():
+            if key not in out and "default" in prop:
+                out[key] = prop["default"]
+            if key in out:
+                out[key] = _defaulted(prop, out[key])
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [_defaulted(schema["items"], item) for item in value]
+    return value
+
+
+def _root_schema() -> dict:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # metadata has no properties in the CRD (the API server owns it); keep it as given.
+    return schema
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BROKEN_RULES)
+def test_the_crd_cel_rule_refuses_the_same_spec(path, value, message):
+    """The CEL in the CRD, run by a real CEL evaluator, agrees with the Python check."""
+    failed = failing_cel_messages(_root_schema(), with_path(minimal(), path, value))
+    assert any(message in m for m in failed), failed
+
+
+@pytest.mark.parametrize("doc", [*load_examples(), minimal()], ids=lambda d: d["metadata"]["name"])
+def test_valid_specs_pass_every_cel_rule(doc):
+    assert failing_cel_messages(_root_schema(), doc) == []
+
+
+def test_minimal_spec_gets_production_defaults():
+    md = parse_model_deployment(minimal())
+    assert md.model_name == "resnet50"
+    assert md.spec.replicas == 1
+    assert md.spec.triton.startup_timeout_seconds == 300
+    assert md.spec.resources.shared_memory == "1Gi"
+    assert md.spec.rollout.max_unavailable == 0 and md.spec.rollout.max_surge == 1
+    assert md.spec.autoscaling is None and md.spec.disruption_budget is None
+
+
+@pytest.mark.parametrize("doc", load_examples(), ids=lambda d: d["metadata"]["name"])
+def test_examples_are_valid(doc):
+    assert isinstance(parse_model_deployment(doc), ModelDeployment)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("spec.replicas", -1, "spec.replicas: Input should be greater than or equal to 0"),
+    ("spec.model", {"repository": "s3://b/p"}, "spec.model.version: is required"),
+    ("spec.model", {"repository": "s3://b/p", "version": "v3"}, "spec.model.version: String should match pattern"),
+    ("spec.resources", {"gpus": 1}, "spec.resources.gpus: is not a field of ModelDeployment"),
+    ("spec.resources", {"requests": {"memory": "lots"}}, "'lots' is not a Kubernetes quantity"),
+    ("spec.resources", {"mig": "2g"}, "spec.resources.mig: String should match pattern"),
+    ("spec.rollout", {"strategy": "Canary"}, "spec.rollout.strategy: must be 'RollingUpdate'"),
+    ("spec.placement", {"tolerations": [{"operator": "Sometimes"}]},
+     "spec.placement.tolerations[0].operator: must be 'Exists' or 'Equal'"),
+])
+def test_field_errors_name_the_path(path, value, expected):
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(with_path(minimal(), path, value))
+    assert any(expected in p for p in caught.value.problems), caught.value.problems
+
+
+def test_not_an_object_is_a_clear_error():
+    with pytest.raises(InvalidSpec, match="expected a ModelDeployment object"):
+        parse_model_deployment(["not", "a", "dict"])
+
+
+def test_gpu_resource_names():
+    assert ResourcesSpec(gpu=2).gpu_resource == ("nvidia.com/gpu", 2)
+    assert ResourcesSpec(mig="1g.10gb").gpu_resource == ("nvidia.com/mig-1g.10gb", 1)
+    assert ResourcesSpec().gpu_resource is None
+
+
+def test_repository_schemes():
+    for uri in ("s3://bucket/path", "s3://host:9000/bucket/path", "gs://b/p", "as://acct/container/p",
+                "pvc://model-store/triton", "pvc://model-store"):
+        assert ModelSource(repository=uri, version="1").scheme == uri.split(":")[0]
+
+
+@pytest.mark.parametrize(("text", "value"), [("2", 2), ("500m", 0.5), ("8Gi", 8 * 2**30), ("1e3", 1000), (3, 3)])
+def test_parse_quantity(text, value):
+    assert parse_quantity(text) == pytest.approx(value)
+
+
+def test_root_rule_holds_only_for_dns_labels():
+    rule = ROOT_RULES[0]
+    assert rule.holds(ModelDeployment.model_construct(metadata=type("M", (), {"name": "resnet50"})()))
+    assert _evaluate(rule.cel, {"metadata": {"name": "resnet50"}})
+    assert not _evaluate(rule.cel, {"metadata": {"name": "Resnet50"}})
