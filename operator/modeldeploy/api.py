@@ -465,7 +465,6 @@ class RolloutStatus(StatusModel):
         "Idle", description="Idle, Progressing (a rolling update is under way), Failed or RolledBack.")
     updated_replicas: int = Field(0, description="Pods running the target pod template.")
     desired_replicas: int = Field(0, description="Pods the rollout aims for.")
-    stable_version: str = Field("", description="The last version that served on every pod.")
     failed_version: str = Field("", description="A version whose rollout failed (and was rolled back, if enabled).")
     message: str = Field("", description="What the rollout is doing or why it stopped.")
 

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine (Python >= 3.11):
+#   make test   create .venv, install everything (incl. helm), run the whole test suite
+#   make run    run the operator against the cluster in KUBECONFIG
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+
+.PHONY: test run e2e crd bench clean
+
+$(BIN)/.installed: pyproject.toml scripts/install-helm.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	bash scripts/install-helm.sh $(BIN)
+	touch $@
+
+test: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+run: $(BIN)/.installed
+	$(BIN)/modeldeploy run
+
+e2e: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest e2e
+
+crd: $(BIN)/.installed
+	$(BIN)/modeldeploy crd > crds/modeldeployments.yaml
+	cp crds/modeldeployments.yaml charts/modeldeploy/crds/modeldeployments.yaml
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

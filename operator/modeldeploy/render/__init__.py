@@ -1,0 +1,45 @@
+"""Pure renderers: a ModelDeployment in, its children out. `modeldeploy render` and the operator share them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldeploy import naming
+from modeldeploy.api import ModelDeployment
+from modeldeploy.render.deployment import render_deployment
+from modeldeploy.render.scaling import render_hpa, render_pdb
+from modeldeploy.render.service import render_service, render_service_monitor
+
+
+def default_replicas(md: ModelDeployment) -> int:
+    """The Deployment's replica count when nothing is observed yet (offline render, first create)."""
+    if md.spec.autoscaling is not None:
+        return md.spec.autoscaling.min_replicas
+    return md.spec.replicas
+
+
+def render_children(md: ModelDeployment, *, replicas: int | None = None,
+                    owner_uid: str | None = None) -> dict[str, dict[str, Any] | None]:
+    """Every child by kind; None marks a kind that must not exist (e.g. HPA with autoscaling off).
+
+    `replicas` None with autoscaling on leaves the count to the HPA; offline callers pass
+    default_replicas(md).
+    """
+    children: dict[str, dict[str, Any] | None] = {
+        "Deployment": render_deployment(md, replicas=replicas),
+        "Service": render_service(md),
+        "HorizontalPodAutoscaler": render_hpa(md),
+        "PodDisruptionBudget": render_pdb(md),
+        "ServiceMonitor": render_service_monitor(md),
+    }
+    if owner_uid:
+        for child in children.values():
+            if child is not None:
+                child["metadata"]["ownerReferences"] = [naming.owner_reference(md.name, owner_uid)]
+    return children
+
+
+def render_manifests(md: ModelDeployment) -> list[dict[str, Any]]:
+    """What `modeldeploy render` prints: the children that exist, in apply order."""
+    children = render_children(md, replicas=default_replicas(md), owner_uid=md.metadata.uid)
+    return [c for c in children.values() if c is not None]

@@ -1,0 +1,245 @@
+"""The Triton Deployment: pure function of a ModelDeployment."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from modeldeploy import naming
+from modeldeploy.api import ModelDeployment
+from modeldeploy.triton_flags import (
+    EXIT_TIMEOUT_SECONDS,
+    GRPC_PORT,
+    HTTP_PORT,
+    LIVENESS_PATH,
+    METRICS_PORT,
+    readiness_path,
+    tritonserver_args,
+)
+
+TRITON_CONTAINER = "triton"
+FETCH_CONTAINER = "fetch-model"
+TRITON_UID = 1000  # the triton-server user of NVIDIA's images
+MODELS_MOUNT = "/models"
+ARCHIVE_REPOSITORY = f"{MODELS_MOUNT}/repository"
+GCS_CREDENTIALS_DIR = "/var/run/secrets/modeldeploy/gcs"
+GCS_CREDENTIALS_KEY = "credentials.json"
+STARTUP_PERIOD_SECONDS = 10
+
+# Runs in the Triton image (which has python3) so no second image is pulled. It downloads the
+# archive, refuses it unless the sha256 matches, and unpacks it without letting paths escape.
+FETCH_SCRIPT = """\
+import hashlib, os, sys, tarfile, urllib.request
+url, want, dest = sys.argv[1], sys.argv[2].lower(), sys.argv[3]
+archive = dest + ".download"
+digest = hashlib.sha256()
+with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+    for chunk in iter(lambda: response.read(1 << 20), b""):
+        digest.update(chunk)
+        out.write(chunk)
+got = digest.hexdigest()
+if got != want:
+    sys.exit(f"modeldeploy: sha256 mismatch for {url}: expected {want}, got {got}; refusing to serve it")
+if not tarfile.is_tarfile(archive):
+    sys.exit(f"modeldeploy: {url} is not a tar archive (.tar, .tar.gz, .tgz)")
+os.makedirs(dest, exist_ok=True)
+with tarfile.open(archive) as tar:
+    root = os.path.realpath(dest)
+    for member in tar.getmembers():
+        target = os.path.realpath(os.path.join(dest, member.name))
+        if not (target == root or target.startswith(root + os.sep)) or member.issym() or member.islnk():
+            sys.exit(f"modeldeploy: unsafe path in archive: {member.name}")
+    tar.extractall(dest)
+os.remove(archive)
+print(f"modeldeploy: fetched {url} (sha256 {got}) into {dest}")
+"""
+
+
+def _restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": TRITON_UID,
+        "runAsGroup": TRITON_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def model_repository_path(md: ModelDeployment) -> str:
+    """The --model-repository Triton is given, after mounts and fetches."""
+    model = md.spec.model
+    if model.scheme == "pvc":
+        rest = model.repository[len("pvc://"):]
+        sub = rest.split("/", 1)[1] if "/" in rest else ""
+        return f"{MODELS_MOUNT}/{sub}".rstrip("/") or MODELS_MOUNT
+    if model.scheme in ("http", "https"):
+        return ARCHIVE_REPOSITORY
+    return model.repository  # s3://, gs://, as:// are read by Triton itself
+
+
+def pvc_claim(md: ModelDeployment) -> str | None:
+    if md.spec.model.scheme != "pvc":
+        return None
+    return md.spec.model.repository[len("pvc://"):].split("/", 1)[0]
+
+
+def _resources(md: ModelDeployment) -> dict[str, Any]:
+    spec = md.spec.resources
+    requests: dict[str, Any] = {k: str(v) for k, v in spec.requests.items()}
+    limits: dict[str, Any] = {k: str(v) for k, v in spec.limits.items()}
+    gpu = spec.gpu_resource
+    if gpu is not None:
+        # Extended resources are requested through limits; requests must equal them if given.
+        resource, count = gpu
+        requests[resource] = str(count)
+        limits[resource] = str(count)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = dict(sorted(requests.items()))
+    if limits:
+        out["limits"] = dict(sorted(limits.items()))
+    return out
+
+
+def _probes(md: ModelDeployment) -> dict[str, Any]:
+    ready = {"path": readiness_path(md.model_name, md.spec.model.version), "port": "http"}
+    budget = md.spec.triton.startup_timeout_seconds
+    return {
+        # Ready means the *target version* is loaded: a pod whose load failed gets no traffic.
+        "startupProbe": {"httpGet": ready, "periodSeconds": STARTUP_PERIOD_SECONDS, "timeoutSeconds": 5,
+                         "failureThreshold": max(1, math.ceil(budget / STARTUP_PERIOD_SECONDS))},
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        # Liveness asks only whether the server answers, so a failed model load does not crash-loop the pod.
+        "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "http"}, "periodSeconds": 10,
+                          "timeoutSeconds": 5, "failureThreshold": 6},
+    }
+
+
+def _credentials(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
+                                                 list[dict[str, Any]]]:
+    """(env, envFrom, volumeMounts, volumes) for the cloud storage credentials."""
+    secret = md.spec.model.credentials_secret
+    if secret is None:
+        return [], [], [], []
+    if md.spec.model.scheme == "gs":
+        # Triton's GCS client wants a path to the JSON key, not its contents.
+        return ([{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_CREDENTIALS_DIR}/{GCS_CREDENTIALS_KEY}"}],
+                [],
+                [{"name": "gcs-credentials", "mountPath": GCS_CREDENTIALS_DIR, "readOnly": True}],
+                [{"name": "gcs-credentials", "secret": {"secretName": secret,
+                                                        "items": [{"key": GCS_CREDENTIALS_KEY,
+                                                                   "path": GCS_CREDENTIALS_KEY}]}}])
+    return [], [{"secretRef": {"name": secret}}], [], []
+
+
+def _model_volumes(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(triton volumeMounts, volumes, initContainers) for where the model repository lives."""
+    claim = pvc_claim(md)
+    if claim is not None:
+        return ([{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True}],
+                [{"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+                [])
+    if md.spec.model.scheme in ("http", "https"):
+        fetch = {
+            "name": FETCH_CONTAINER,
+            "image": md.spec.triton.image,
+            "imagePullPolicy": md.spec.triton.image_pull_policy,
+            "command": ["python3", "-c", FETCH_SCRIPT],
+            "args": [md.spec.model.repository, md.spec.model.sha256 or "", ARCHIVE_REPOSITORY],
+            "volumeMounts": [{"name": "model-repository", "mountPath": MODELS_MOUNT}],
+            "securityContext": _restricted_container_security(),
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        }
+        return ([{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True}],
+                [{"name": "model-repository", "emptyDir": {}}],
+                [fetch])
+    return [], [], []
+
+
+def _tolerations(md: ModelDeployment) -> list[dict[str, Any]]:
+    tolerations = [t.wire() for t in md.spec.placement.tolerations]
+    if md.spec.resources.gpu_resource is not None and not any(
+            t.get("key") == naming.GPU_TAINT_KEY for t in tolerations):
+        tolerations.append({"key": naming.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _node_selector(md: ModelDeployment) -> dict[str, str]:
+    selector = dict(md.spec.placement.node_selector)
+    if md.spec.placement.gpu_product:
+        selector[naming.GPU_PRODUCT_LABEL] = md.spec.placement.gpu_product
+    return dict(sorted(selector.items()))
+
+
+def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str, Any]:
+    """The Deployment. `replicas` None leaves the count to whoever owns it (the HPA)."""
+    spec = md.spec
+    version = spec.model.version
+    labels = naming.object_labels(md.name, version)
+    env, env_from, secret_mounts, secret_volumes = _credentials(md)
+    model_mounts, model_volumes, init_containers = _model_volumes(md)
+
+    container: dict[str, Any] = {
+        "name": TRITON_CONTAINER,
+        "image": spec.triton.image,
+        "imagePullPolicy": spec.triton.image_pull_policy,
+        "command": ["tritonserver"],
+        "args": tritonserver_args(model_repository=model_repository_path(md), model_name=md.model_name,
+                                  exit_timeout_seconds=EXIT_TIMEOUT_SECONDS) + list(spec.triton.args),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        **({"env": env} if env else {}),
+        **({"envFrom": env_from} if env_from else {}),
+        **_probes(md),
+        "resources": _resources(md),
+        "securityContext": _restricted_container_security(),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *model_mounts, *secret_mounts],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # Triton never talks to the API server
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRITON_UID,
+            "runAsGroup": TRITON_UID,
+            "fsGroup": TRITON_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # Longer than Triton's own exit timeout, so in-flight requests finish before SIGKILL.
+        "terminationGracePeriodSeconds": EXIT_TIMEOUT_SECONDS + 15,
+        **({"initContainers": init_containers} if init_containers else {}),
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                  "sizeLimit": str(spec.resources.shared_memory)}},
+                    *model_volumes, *secret_volumes],
+    }
+    if node_selector := _node_selector(md):
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations := _tolerations(md):
+        pod_spec["tolerations"] = tolerations
+    if spec.placement.affinity:
+        pod_spec["affinity"] = spec.placement.affinity
+    if spec.placement.runtime_class_name:
+        pod_spec["runtimeClassName"] = spec.placement.runtime_class_name
+    if spec.placement.priority_class_name:
+        pod_spec["priorityClassName"] = spec.placement.priority_class_name
+
+    deployment_spec: dict[str, Any] = {}
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    deployment_spec.update({
+        "selector": {"matchLabels": naming.selector_labels(md.name)},
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxSurge": spec.rollout.max_surge,
+                                       "maxUnavailable": spec.rollout.max_unavailable}},
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+        "revisionHistoryLimit": 5,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    })
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": md.name, "namespace": md.namespace, "labels": labels},
+            "spec": deployment_spec}

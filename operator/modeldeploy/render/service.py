@@ -1,0 +1,45 @@
+"""Service and (optional) ServiceMonitor in front of Triton."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeldeploy import naming
+from modeldeploy.api import ModelDeployment
+from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
+
+def _metadata(md: ModelDeployment, **extra: Any) -> dict[str, Any]:
+    return {"name": md.name, "namespace": md.namespace,
+            "labels": naming.object_labels(md.name, md.spec.model.version), **extra}
+
+
+def render_service(md: ModelDeployment) -> dict[str, Any]:
+    annotations = dict(sorted(md.spec.service.annotations.items()))
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _metadata(md, **({"annotations": annotations} if annotations else {})),
+        "spec": {
+            "type": md.spec.service.type,
+            "selector": naming.selector_labels(md.name),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                 "appProtocol": "kubernetes.io/h2c"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def render_service_monitor(md: ModelDeployment) -> dict[str, Any] | None:
+    if not md.spec.monitoring.service_monitor:
+        return None
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": _metadata(md),
+        "spec": {
+            "selector": {"matchLabels": naming.selector_labels(md.name)},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": md.spec.monitoring.interval}],
+        },
+    }
