@@ -1,0 +1,89 @@
+"""The cluster boundary's contract: kinds, errors and the Cluster protocol. Pure: no kubernetes client here.
+
+`modeldeploy.cluster` implements it against a real API server; `tests/support/fake_cluster.py`
+implements it in memory with the API server semantics the reconciler relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from modeldeploy import GROUP, KIND, PLURAL, VERSION
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # "" for core
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+MODEL_DEPLOYMENT = Kind(GROUP, VERSION, PLURAL, KIND)
+DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+SERVICE = Kind("", "v1", "services", "Service")
+HPA = Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+PDB = Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
+POD = Kind("", "v1", "pods", "Pod")
+SECRET = Kind("", "v1", "secrets", "Secret")
+PVC = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+
+# Children in apply order (the Deployment first: the others refer to it).
+CHILD_KINDS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, SERVICE_MONITOR)
+KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC)}
+
+
+class ApiError(Exception):
+    """An API server refusal, carrying what the user needs: HTTP status, reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason  # NotFound, Conflict, Invalid, Forbidden, AlreadyExists, ...
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def invalid(self) -> bool:
+        return self.status == 422
+
+
+class Cluster(Protocol):
+    """What the reconciler may do to the cluster. Every write is deliberate and counted by the fake."""
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (404 of the object; a 404 for a kind
+        whose CRD is not installed raises ApiError)."""
+
+    async def exists(self, kind: Kind, namespace: str, name: str) -> bool:
+        """Whether the object exists (for a Secret or PVC the spec names)."""
+
+    async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Objects of kind in namespace matching the selector ("k=v,k2=v2")."""
+
+    async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply (field manager "modeldeploy", force=True). Returns the object as stored
+        (for dry_run, as it would be stored). Raises ApiError (422 Invalid, 404 for a missing CRD, ...)."""
+
+    async def delete(self, kind: Kind, namespace: str, name: str, *, uid: str) -> None:
+        """Delete with a uid precondition (never deletes a same-named replacement); 404 is fine."""
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Replace the ModelDeployment's status via the status subresource (merge patch of .status)."""
+
+    async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `involved` (Normal or Warning)."""
