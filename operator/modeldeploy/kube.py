@@ -83,7 +83,7 @@ class Cluster(Protocol):
         """Delete with a uid precondition (never deletes a same-named replacement); 404 is fine."""
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Replace the ModelDeployment's status via the status subresource (merge patch of .status)."""
+        """Replace the ModelDeployment's whole status via the status subresource (a JSON patch of /status)."""
 
     async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event about `involved` (Normal or Warning)."""

@@ -1,0 +1,872 @@
+"""An in-memory API server behind the Cluster protocol, keeping the semantics the reconciler relies on.
+
+Modelled on kube-apiserver (behaviour checked against its sources and the server-side-apply docs):
+
+- resourceVersion: one global counter, bumped only when an object really changes (its content or
+  its managedFields); a no-op apply or status patch leaves it alone.
+- uid, creationTimestamp and metadata.generation=1 on create; generation is bumped by changes
+  outside metadata and status (and by marking an object with finalizers as deleting).
+- status changes only through the status subresource (patch_status, or set_status for test
+  setup); apply, create and update never change it.
+- ownerReference garbage collection: deleting an object deletes (recursively) every object whose
+  ownerReferences name it once none of its owners is left. Synchronous here; the real garbage
+  collector is asynchronous.
+- server-side apply (structured-merge-diff's Updater.Apply): the applier's field set becomes
+  exactly the leaves it sent (lists atomic, maps by key); fields whose value the apply changes
+  are taken from other managers (force), fields it sets to the value they already have are
+  shared; fields it owned before, no longer sends and nobody else owns are removed, then the
+  server defaults the object (Deployment spec.replicas absent -> 1). An Update by another
+  actor (update/scale/update_spec) takes ownership of the fields whose value it changes.
+- metadata.managedFields on every object in the API server's encoding
+  (fieldsType FieldsV1, {"f:spec": {"f:replicas": {}}}).
+
+Every protocol call is checked against modeldeploy.permissions like the real boundary, and
+counted: `requests`/`calls` (all), `writes` (apply without dry run, delete, patch_status,
+post_event, whether or not the server then refused it), `events` (posted events).
+Test-setup helpers (create, update, update_spec, scale, set_status, delete_as_user, add_secret,
+add_pvc, get_now, list_now) are not operator calls and are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from modeldeploy import FIELD_MANAGER, PLURAL, permissions
+from modeldeploy.cluster import event_body
+from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind
+
+log = logging.getLogger(__name__)
+
+Path = tuple[str, ...]
+
+# Set by the server, never part of anyone's field set.
+SYSTEM_METADATA = frozenset({"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
+                             "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink",
+                             "generateName"})
+# Built-in kinds whose OpenAPI schema kubernetes-validate knows (a CRD's is not there).
+SCHEMA_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Pod", "Secret",
+                          "PersistentVolumeClaim", "ReplicaSet"})
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+DEFAULT_MANAGERS = {"Pod": "kubelet", "Deployment": "kube-controller-manager", "ReplicaSet": "kube-controller-manager",
+                    "HorizontalPodAutoscaler": "kube-controller-manager",
+                    "PodDisruptionBudget": "kube-controller-manager"}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- field paths ----------------------------------------------------------------------------
+
+def _leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
+    """Leaf paths of a value: maps by key, lists (and empty maps) atomic. Never the root itself."""
+    if isinstance(value, dict) and value:
+        out: dict[Path, Any] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, (*prefix, key)))
+        return out
+    return {prefix: value} if prefix else {}
+
+
+def _tracked(obj: dict[str, Any]) -> dict[str, Any]:
+    """The part of an object field management is about (no apiVersion/kind, no system metadata)."""
+    out = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SYSTEM_METADATA}
+    if meta:
+        out["metadata"] = meta
+    return out
+
+
+def _related(a: Path, b: Path) -> bool:
+    """Equal, or one contains the other."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _related_to_any(path: Path, paths: Iterable[Path]) -> bool:
+    return any(_related(path, other) for other in paths)
+
+
+def _set_path(obj: dict[str, Any], path: Path, value: Any) -> None:
+    node = obj
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = copy.deepcopy(value)
+
+
+def _get_path(obj: dict[str, Any], path: Path) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _remove_path(obj: dict[str, Any], path: Path) -> None:
+    """Remove a field and the maps it leaves empty."""
+    trail: list[tuple[dict[str, Any], str]] = []
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return
+        trail.append((node, key))
+        node = node[key]
+    parent, key = trail.pop()
+    del parent[key]
+    while trail:
+        parent, key = trail.pop()
+        if parent[key] == {} and len(trail) >= 1:  # keep top-level maps (metadata, spec)
+            del parent[key]
+        else:
+            break
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: maps merge, None deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
+    """The API server's FieldsV1 encoding of a set of paths: {"f:spec": {"f:replicas": {}}}."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = root
+        for key in path:
+            node = node.setdefault(f"f:{key}", {})
+    return root
+
+
+# --- label selectors ------------------------------------------------------------------------
+
+def _selector_terms(selector: str) -> list[str]:
+    terms, depth, current = [], 0, ""
+    for char in selector:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            terms.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        terms.append(current.strip())
+    return terms
+
+
+def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:
+    """Equality- and set-based label selectors: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
+    labels = labels or {}
+    for term in _selector_terms(selector or ""):
+        if match := re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term):
+            key, op, values = match.group(1), match.group(2), {v.strip() for v in match.group(3).split(",")}
+            if (op == "in") != (key in labels and labels[key] in values):
+                return False
+        elif "!=" in term:
+            key, value = (s.strip() for s in term.split("!=", 1))
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = (s.strip() for s in term.replace("==", "=").split("=", 1))
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+# --- defaulting (the part of the API server's defaulting a reconciler can observe) ----------
+
+def _default_probe(probe: dict[str, Any]) -> None:
+    if isinstance(probe.get("httpGet"), dict):
+        probe["httpGet"].setdefault("path", "/")
+        probe["httpGet"].setdefault("scheme", "HTTP")
+    probe.setdefault("timeoutSeconds", 1)
+    probe.setdefault("periodSeconds", 10)
+    probe.setdefault("successThreshold", 1)
+    probe.setdefault("failureThreshold", 3)
+
+
+def default_pod_spec(spec: dict[str, Any]) -> None:
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("securityContext", {})
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        container.setdefault("resources", {})  # a struct without omitempty: always shown
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
+        image = container.get("image", "")
+        tag = image.rsplit("/", 1)[-1]
+        container.setdefault("imagePullPolicy",
+                             "Always" if "@" not in image and (":" not in tag or tag.endswith(":latest"))
+                             else "IfNotPresent")
+        for port in container.get("ports", []):
+            port.setdefault("protocol", "TCP")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            if isinstance(container.get(probe), dict):
+                _default_probe(container[probe])
+
+
+class _Allocator:
+    def __init__(self) -> None:
+        self.cluster_ips = (f"10.96.{i // 250}.{i % 250 + 1}" for i in itertools.count(1))
+        self.node_ports = itertools.count(30000)
+
+
+def apply_defaults(obj: dict[str, Any], previous: dict[str, Any] | None, allocator: _Allocator) -> None:
+    kind = obj.get("kind")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if kind == "Deployment":
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        strategy = spec.setdefault("strategy", {})
+        strategy.setdefault("type", "RollingUpdate")
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", "25%")
+            rolling.setdefault("maxSurge", "25%")
+        template_spec = spec.get("template", {}).get("spec")
+        if isinstance(template_spec, dict):
+            default_pod_spec(template_spec)
+    elif kind == "Pod":
+        default_pod_spec(spec)
+    elif kind == "Service":
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        old_spec = (previous or {}).get("spec", {})
+        if spec["type"] != "ExternalName":
+            if "clusterIP" not in spec:  # allocated once, kept across updates
+                spec["clusterIP"] = old_spec.get("clusterIP") or next(allocator.cluster_ips)
+            spec.setdefault("clusterIPs", [spec["clusterIP"]])
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+        old_ports = {(p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports", [])}
+        for port in spec.get("ports", []):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+            if spec["type"] in ("NodePort", "LoadBalancer") and "nodePort" not in port:
+                old = old_ports.get((port.get("port"), port["protocol"]), {})
+                port["nodePort"] = old.get("nodePort") or next(allocator.node_ports)
+        if spec["type"] in ("NodePort", "LoadBalancer"):
+            spec.setdefault("externalTrafficPolicy", "Cluster")
+    elif kind == "HorizontalPodAutoscaler":
+        spec.setdefault("minReplicas", 1)
+        if not spec.get("metrics"):
+            spec["metrics"] = [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+
+
+# --- the store ------------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    manager: str
+    operation: str  # Apply | Update
+    subresource: str
+    api_version: str
+    paths: set[Path] = field(default_factory=set)
+    time: str = ""
+
+    def render(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"manager": self.manager, "operation": self.operation, "apiVersion": self.api_version,
+                               "time": self.time, "fieldsType": "FieldsV1", "fieldsV1": fields_v1(self.paths)}
+        if self.subresource:
+            out["subresource"] = self.subresource
+        return out
+
+
+@dataclass
+class _Failure:
+    verb: str
+    kind: Kind | None
+    error: ApiError
+    times: int
+    dry_run: bool | None
+
+
+@dataclass
+class _Stored:
+    kind: Kind
+    obj: dict[str, Any]
+    entries: list[_Entry]
+
+
+class FakeCluster:
+    """The Cluster protocol in memory. See the module docstring for the semantics kept."""
+
+    def __init__(self, *, clock: Callable[[], datetime] = _utc_now, validate_schemas: bool = True,
+                 reporting_instance: str = "modeldeploy-test") -> None:
+        self.clock = clock
+        self.validate_schemas = validate_schemas
+        self.reporting_instance = reporting_instance
+        self._objects: dict[tuple[str, str, str, str], _Stored] = {}  # (group, kind, namespace, name)
+        self._versions = itertools.count(1000)
+        self._uninstalled: set[tuple[str, str]] = set()
+        self._failures: list[_Failure] = []
+        self._allocator = _Allocator()
+        self._validated: set[str] = set()
+        self.writes: list[tuple[str, str, str, str]] = []
+        self.calls: list[tuple[str, str, str, str]] = []
+        self.events: list[dict[str, Any]] = []
+
+    # --- counters -------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        """How many protocol calls were made (reads, dry runs and writes)."""
+        return len(self.calls)
+
+    def reset_counters(self) -> None:
+        self.writes.clear()
+        self.calls.clear()
+        self.events.clear()
+
+    # --- kinds ----------------------------------------------------------------------------
+
+    @staticmethod
+    def kind_of(obj: dict[str, Any]) -> Kind:
+        api_version, name = obj.get("apiVersion") or "", obj.get("kind") or ""
+        if not api_version or not name:
+            raise ApiError(400, "BadRequest", "Object 'Kind' or 'apiVersion' is missing")
+        known = KIND_BY_NAME.get(name)
+        if known is not None and known.api_version == api_version:
+            return known
+        group, _, version = api_version.rpartition("/")
+        return Kind(group, version, f"{name.lower()}s", name)
+
+    def uninstall(self, kind: Kind) -> None:
+        """The kind's CRD is not installed: its objects go, and every request about it is a 404."""
+        for key in [k for k, s in self._objects.items() if (s.kind.group, s.kind.kind) == (kind.group, kind.kind)]:
+            if key in self._objects:
+                self._remove(key)
+        self._uninstalled.add((kind.group, kind.kind))
+
+    def install(self, kind: Kind) -> None:
+        self._uninstalled.discard((kind.group, kind.kind))
+
+    def _check_installed(self, kind: Kind) -> None:
+        if (kind.group, kind.kind) in self._uninstalled:
+            resource = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({resource}): "
+                                            f"is its CRD installed?")
+
+    # --- failure injection ----------------------------------------------------------------
+
+    def fail_next(self, verb: str, kind: Kind | None, error: ApiError, *, times: int = 1,
+                  dry_run: bool | None = None) -> None:
+        """Make the next `times` calls of verb (get, exists, list, apply, delete, patch_status,
+        post_event) about kind (None: any kind) fail with error. For apply, dry_run True/False
+        limits it to dry runs or real applies; None matches both."""
+        self._failures.append(_Failure(verb, kind, error, times, dry_run))
+
+    def fail_next_apply(self, kind: Kind, error: ApiError, *, times: int = 1, dry_run: bool | None = None) -> None:
+        self.fail_next("apply", kind, error, times=times, dry_run=dry_run)
+
+    def _maybe_fail(self, verb: str, kind: Kind, dry_run: bool | None = None) -> None:
+        for failure in self._failures:
+            if failure.verb != verb or (failure.kind is not None and
+                                        (failure.kind.group, failure.kind.kind) != (kind.group, kind.kind)):
+                continue
+            if failure.dry_run is not None and dry_run is not None and failure.dry_run != dry_run:
+                continue
+            failure.times -= 1
+            if failure.times <= 0:
+                self._failures.remove(failure)
+            raise failure.error
+
+    async def _enter(self, verb: str, kind: Kind, namespace: str, name: str) -> None:
+        self.calls.append((verb, kind.kind, namespace, name))
+        await asyncio.sleep(0)  # a request is I/O: let other coroutines interleave
+
+    # --- reading (test setup, not counted) ------------------------------------------------
+
+    def _key(self, kind: Kind, namespace: str | None, name: str) -> tuple[str, str, str, str]:
+        return (kind.group, kind.kind, namespace or "" if kind.namespaced else "", name)
+
+    def get_now(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        stored = self._objects.get(self._key(kind, namespace, name))
+        return copy.deepcopy(stored.obj) if stored else None
+
+    def list_now(self, kind: Kind, namespace: str | None = None, label_selector: str = "") -> list[dict[str, Any]]:
+        found = [s.obj for (group, kind_name, ns, _), s in sorted(self._objects.items())
+                 if (group, kind_name) == (kind.group, kind.kind) and (namespace is None or ns == namespace)
+                 and selector_matches(label_selector, s.obj["metadata"].get("labels"))]
+        return copy.deepcopy(found)
+
+    def managed_fields(self, kind: Kind, namespace: str, name: str) -> dict[str, set[Path]]:
+        """Field paths per manager (all its operations and subresources together)."""
+        stored = self._objects.get(self._key(kind, namespace, name))
+        if stored is None:
+            return {}
+        out: dict[str, set[Path]] = {}
+        for entry in stored.entries:
+            out.setdefault(entry.manager, set()).update(entry.paths)
+        return out
+
+    # --- the protocol ---------------------------------------------------------------------
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        permissions.require(kind.group, kind.plural, "get")
+        await self._enter("get", kind, namespace, name)
+        self._maybe_fail("get", kind)
+        self._check_installed(kind)
+        return self.get_now(kind, namespace, name)
+
+    async def exists(self, kind: Kind, namespace: str, name: str) -> bool:
+        permissions.require(kind.group, kind.plural, "get")
+        await self._enter("exists", kind, namespace, name)
+        self._maybe_fail("exists", kind)
+        self._check_installed(kind)
+        return self._key(kind, namespace, name) in self._objects
+
+    async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        permissions.require(kind.group, kind.plural, "list")
+        await self._enter("list", kind, namespace, label_selector)
+        self._maybe_fail("list", kind)
+        self._check_installed(kind)
+        return self.list_now(kind, namespace, label_selector)
+
+    async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        kind = self.kind_of(obj)
+        permissions.require(kind.group, kind.plural, "patch")
+        meta = obj.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        await self._enter("apply_dry_run" if dry_run else "apply", kind, namespace, name)
+        if not dry_run:
+            self.writes.append(("apply", kind.kind, namespace, name))
+        self._maybe_fail("apply", kind, dry_run)
+        self._check_installed(kind)
+        return self._server_side_apply(kind, copy.deepcopy(obj), FIELD_MANAGER, dry_run=dry_run)
+
+    async def delete(self, kind: Kind, namespace: str, name: str, *, uid: str) -> None:
+        permissions.require(kind.group, kind.plural, "delete")
+        await self._enter("delete", kind, namespace, name)
+        self.writes.append(("delete", kind.kind, namespace, name))
+        self._maybe_fail("delete", kind)
+        if (kind.group, kind.kind) in self._uninstalled:
+            return  # 404: nothing to delete
+        stored = self._objects.get(self._key(kind, namespace, name))
+        if stored is None or stored.obj["metadata"]["uid"] != uid:
+            return  # 404, or 409 precondition failed (another object now): both fine for the caller
+        self._delete(self._key(kind, namespace, name))
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(MODEL_DEPLOYMENT.group, f"{PLURAL}/status", "patch")
+        await self._enter("patch_status", MODEL_DEPLOYMENT, namespace, name)
+        self.writes.append(("patch_status", MODEL_DEPLOYMENT.kind, namespace, name))
+        self._maybe_fail("patch_status", MODEL_DEPLOYMENT)
+        key = self._key(MODEL_DEPLOYMENT, namespace, name)
+        stored = self._objects.get(key)
+        if stored is None:
+            raise ApiError(404, "NotFound", f'{PLURAL}.{MODEL_DEPLOYMENT.group} "{name}" not found')
+        new = copy.deepcopy(stored.obj)
+        new["status"] = copy.deepcopy(status)
+        self._commit(key, new, FIELD_MANAGER, "Update", "status")
+        return self.get_now(MODEL_DEPLOYMENT, namespace, name)  # type: ignore[return-value]
+
+    async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        permissions.require("", "events", "create")
+        meta = involved.get("metadata", {})
+        kind = self.kind_of(involved)
+        await self._enter("post_event", kind, meta.get("namespace", ""), meta.get("name", ""))
+        self.writes.append(("post_event", kind.kind, meta.get("namespace", ""), meta.get("name", "")))
+        try:
+            self._maybe_fail("post_event", kind)
+        except ApiError as error:  # like the real boundary: an event never fails a reconcile
+            log.warning("could not post event %s: %s", reason, error)
+            return
+        self.events.append(event_body(involved, event_type, reason, message,
+                                      reporting_instance=self.reporting_instance, now=self.clock()))
+
+    # --- test setup: acting as users and controllers (not counted) ------------------------
+
+    def create(self, obj: dict[str, Any], *, manager: str = "kubectl-create") -> dict[str, Any]:
+        """Create an object as a user would (POST). Its status is dropped, as the API server does
+        for kinds with a status subresource: use set_status."""
+        kind = self.kind_of(obj)
+        self._check_installed(kind)
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+            meta["name"] = meta["generateName"] + hashlib.sha256(uuid.uuid4().bytes).hexdigest()[:5]
+        if kind.namespaced and not meta.get("namespace"):
+            raise ApiError(422, "Invalid", "metadata.namespace: Required value")
+        key = self._key(kind, meta.get("namespace"), meta["name"])
+        if key in self._objects:
+            raise ApiError(409, "AlreadyExists", f'{self._resource(kind)} "{meta["name"]}" already exists')
+        obj.pop("status", None)
+        new = self._new_object(kind, obj)
+        apply_defaults(new, None, self._allocator)
+        self._objects[key] = _Stored(kind, {}, [])
+        self._commit(key, new, manager, "Update", "", created=True)
+        return self.get_now(kind, meta.get("namespace"), meta["name"])  # type: ignore[arg-type,return-value]
+
+    def update(self, obj: dict[str, Any], manager: str = "kubectl-edit", *, subresource: str = "") -> dict[str, Any]:
+        """An Update by another actor: the HPA controller through the scale subresource, a user's
+        kubectl edit. A whole object (one carrying metadata.resourceVersion, e.g. from get_now)
+        replaces the stored one (PUT; a stale resourceVersion is a 409); anything else is a JSON
+        merge patch (None deletes). Status never changes here. The fields whose value changes
+        move to `manager`."""
+        kind = self.kind_of(obj)
+        meta = obj.get("metadata") or {}
+        key = self._key(kind, meta.get("namespace"), meta.get("name", ""))
+        stored = self._objects.get(key)
+        if stored is None:
+            raise ApiError(404, "NotFound", f'{self._resource(kind)} "{meta.get("name")}" not found')
+        live = stored.obj
+        if meta.get("resourceVersion"):
+            if meta["resourceVersion"] != live["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {self._resource(kind)} '
+                                                f'"{meta["name"]}": the object has been modified; please apply '
+                                                f'your changes to the latest version and try again')
+            new = _drop_nulls(_tracked(obj))
+        else:
+            new = merge_patch(_tracked(live), _tracked(obj))
+        new.pop("status", None)
+        new["apiVersion"], new["kind"] = live["apiVersion"], live["kind"]
+        new["metadata"] = {**{k: v for k, v in live["metadata"].items() if k in SYSTEM_METADATA},
+                           **new.get("metadata", {})}
+        if "status" in live:
+            new["status"] = copy.deepcopy(live["status"])
+        if subresource == "scale":
+            scaled = copy.deepcopy(live)
+            scaled.setdefault("spec", {})["replicas"] = new.get("spec", {}).get("replicas")
+            new = scaled
+        self._validate_update(kind, live, new)
+        apply_defaults(new, live, self._allocator)
+        self._commit(key, new, manager, "Update", subresource)
+        return self.get_now(kind, meta.get("namespace"), meta["name"]) or {}
+
+    def update_spec(self, kind: Kind, namespace: str, name: str, spec_patch: dict[str, Any], *,
+                    manager: str = "kubectl-edit") -> dict[str, Any]:
+        """A user edits the spec (a merge patch; None deletes): generation goes up if it changes."""
+        return self.update({"apiVersion": kind.api_version, "kind": kind.kind,
+                            "metadata": {"name": name, "namespace": namespace}, "spec": spec_patch}, manager)
+
+    def scale(self, kind: Kind, namespace: str, name: str, replicas: int, *,
+              manager: str = "kube-controller-manager") -> dict[str, Any]:
+        """What the HPA controller does: an Update of spec.replicas through the scale subresource."""
+        return self.update({"apiVersion": kind.api_version, "kind": kind.kind,
+                            "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}},
+                           manager, subresource="scale")
+
+    def set_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any] | None, *,
+                   manager: str | None = None) -> dict[str, Any]:
+        """Replace an object's status through the status subresource, as its controller (kubelet,
+        kube-controller-manager) would. Not an operator write."""
+        key = self._key(kind, namespace, name)
+        stored = self._objects.get(key)
+        if stored is None:
+            raise ApiError(404, "NotFound", f'{self._resource(kind)} "{name}" not found')
+        new = copy.deepcopy(stored.obj)
+        if status is None:
+            new.pop("status", None)
+        else:
+            new["status"] = copy.deepcopy(status)
+        self._commit(key, new, manager or DEFAULT_MANAGERS.get(kind.kind, "test-setup"), "Update", "status")
+        return self.get_now(kind, namespace, name) or {}
+
+    def delete_as_user(self, kind: Kind, namespace: str, name: str) -> bool:
+        """kubectl delete (background propagation): the garbage collector takes the dependents."""
+        key = self._key(kind, namespace, name)
+        if key not in self._objects:
+            return False
+        self._delete(key)
+        return True
+
+    def add_secret(self, namespace: str, name: str, data: dict[str, str] | None = None) -> dict[str, Any]:
+        return self.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+                            "type": "Opaque", "data": data or {}})
+
+    def add_pvc(self, namespace: str, name: str, storage: str = "10Gi") -> dict[str, Any]:
+        return self.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": storage}}}})
+
+    def collect_garbage(self) -> list[tuple[str, str, str]]:
+        """Delete every object none of whose owners exists any more (by uid). Returns what went."""
+        gone: list[tuple[str, str, str]] = []
+        while True:
+            uids = {s.obj["metadata"]["uid"] for s in self._objects.values()}
+            orphans = [k for k, s in self._objects.items()
+                       if (refs := s.obj["metadata"].get("ownerReferences"))
+                       and not any(r.get("uid") in uids for r in refs)]
+            if not orphans:
+                return gone
+            for key in orphans:
+                if key in self._objects:
+                    gone.append((key[1], key[2], key[3]))
+                    self._delete(key)
+
+    # --- internals ------------------------------------------------------------------------
+
+    @staticmethod
+    def _resource(kind: Kind) -> str:
+        return f"{kind.plural}.{kind.group}" if kind.group else kind.plural
+
+    def _new_object(self, kind: Kind, content: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (content.get("metadata") or {}).items() if k not in SYSTEM_METADATA}
+        src = content.get("metadata") or {}
+        new_meta = {"name": src["name"], **({"namespace": src["namespace"]} if kind.namespaced else {}),
+                    "uid": str(uuid.uuid4()), "generation": 1, "creationTimestamp": _time(self.clock()), **meta}
+        out = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": new_meta}
+        out.update({k: v for k, v in content.items() if k not in ("apiVersion", "kind", "metadata", "status")})
+        return _drop_nulls(out)
+
+    def _server_side_apply(self, kind: Kind, obj: dict[str, Any], manager: str, *, dry_run: bool) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        name, namespace = meta.get("name"), meta.get("namespace")
+        if not name:
+            raise ApiError(400, "BadRequest", "metadata.name: Required value: name is required for apply")
+        if kind.namespaced and not namespace:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match the request")
+        if meta.get("managedFields"):
+            raise ApiError(400, "BadRequest", "metadata.managedFields must be nil")
+        key = self._key(kind, namespace, name)
+        stored = self._objects.get(key)
+        if meta.get("resourceVersion") and (stored is None or
+                                            meta["resourceVersion"] != stored.obj["metadata"]["resourceVersion"]):
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {self._resource(kind)} "{name}": '
+                                            f"the object has been modified; please apply your changes to the latest "
+                                            f"version and try again")
+        config = _drop_nulls(_tracked(obj))
+        config.pop("status", None)  # the main resource never writes status
+        config_leaves = _leaves(config)
+
+        if stored is None:
+            new = self._new_object(kind, obj)
+            live = None
+        else:
+            live = stored.obj
+            new = copy.deepcopy(live)
+            for path, value in config_leaves.items():
+                if value == {} and isinstance(_get_path(new, path), dict):
+                    continue  # an empty map merges into the live one
+                _set_path(new, path, value)
+            last = next((e.paths for e in stored.entries
+                         if (e.manager, e.operation, e.subresource) == (manager, "Apply", "")), set())
+            others = set().union(*(e.paths for e in stored.entries
+                                   if (e.manager, e.operation, e.subresource) != (manager, "Apply", "")))
+            for path in sorted(last - set(config_leaves), key=len, reverse=True):
+                # prune: we applied it last time, not now, and nobody else claims it
+                if not _related_to_any(path, config_leaves) and not _related_to_any(path, others):
+                    _remove_path(new, path)
+        apply_defaults(new, live, self._allocator)
+        if live is not None:
+            self._validate_update(kind, live, new)
+        self._validate(kind, new)
+        if dry_run:
+            shown = copy.deepcopy(new)
+            entries = self._entries_after(stored.entries if stored else [], live, new, manager, "Apply", "",
+                                          applied=set(config_leaves))
+            shown["metadata"]["managedFields"] = [e.render() for e in entries]
+            return shown
+        if stored is None:
+            self._objects[key] = _Stored(kind, {}, [])
+        self._commit(key, new, manager, "Apply", "", applied=set(config_leaves), created=stored is None)
+        return self.get_now(kind, namespace, name)  # type: ignore[return-value]
+
+    def _entries_after(self, entries: list[_Entry], live: dict[str, Any] | None, new: dict[str, Any], manager: str,
+                       operation: str, subresource: str, applied: set[Path] | None = None) -> list[_Entry]:
+        """structured-merge-diff's bookkeeping: who owns what after this write."""
+        old_leaves = _leaves(_tracked(live)) if live is not None else {}
+        new_leaves = _leaves(_tracked(new))
+        changed = {p for p, v in new_leaves.items() if p not in old_leaves or old_leaves[p] != v}
+        removed = {p for p in old_leaves if p not in new_leaves}
+        now = _time(self.clock())
+        me = (manager, operation, subresource)
+        mine = next((e for e in entries if (e.manager, e.operation, e.subresource) == me), None)
+        if applied is not None:
+            paths = set(applied)
+        else:
+            paths = ((mine.paths if mine else set()) | changed) - removed
+            paths = {p for p in paths if not _related_to_any(p, removed)}
+        out: list[_Entry] = []
+        for entry in entries:  # the order of entries is kept: reordering would be a change
+            if entry is mine:
+                if paths:
+                    out.append(copy.deepcopy(mine) if mine.paths == paths else
+                               _Entry(manager, operation, subresource, new["apiVersion"], paths, now))
+                continue
+            kept = {p for p in entry.paths if not _related_to_any(p, changed) and not _related_to_any(p, removed)}
+            if kept:
+                out.append(_Entry(entry.manager, entry.operation, entry.subresource, entry.api_version, kept,
+                                  entry.time))
+        if mine is None and paths:
+            out.append(_Entry(manager, operation, subresource, new["apiVersion"], paths, now))
+        return out
+
+    def _commit(self, key: tuple[str, str, str, str], new: dict[str, Any], manager: str, operation: str,
+                subresource: str, *, applied: set[Path] | None = None, created: bool = False) -> None:
+        """Store `new` as written by manager: ownership, generation, resourceVersion, finalizers."""
+        stored = self._objects[key]
+        live = None if created else stored.obj
+        entries = self._entries_after(stored.entries, live, new, manager, operation, subresource, applied)
+        new = copy.deepcopy(new)
+        new["metadata"]["managedFields"] = [e.render() for e in entries]
+        if live is not None:
+            def content(o: dict[str, Any]) -> dict[str, Any]:
+                return {k: v for k, v in o.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+
+            if content(new) != content(live):
+                new["metadata"]["generation"] = live["metadata"].get("generation", 1) + 1
+            comparable = copy.deepcopy(new)
+            comparable["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
+            if comparable == live:
+                return  # nothing changed: no write, resourceVersion stays
+        new["metadata"]["resourceVersion"] = str(next(self._versions))
+        stored.obj, stored.entries = new, entries
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._remove(key)
+
+    def _delete(self, key: tuple[str, str, str, str]) -> None:
+        stored = self._objects[key]
+        meta = stored.obj["metadata"]
+        if meta.get("finalizers"):  # marked as deleting; gone once the last finalizer is removed
+            if not meta.get("deletionTimestamp"):
+                new = copy.deepcopy(stored.obj)
+                new["metadata"]["deletionTimestamp"] = _time(self.clock())
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                new["metadata"]["generation"] = meta.get("generation", 1) + 1
+                new["metadata"]["resourceVersion"] = str(next(self._versions))
+                stored.obj = new
+            return
+        self._remove(key)
+
+    def _remove(self, key: tuple[str, str, str, str]) -> None:
+        """Remove an object, then let the garbage collector act on its dependents."""
+        stored = self._objects.pop(key)
+        uid = stored.obj["metadata"]["uid"]
+        next(self._versions)
+        uids = {s.obj["metadata"]["uid"] for s in self._objects.values()}
+        for dep_key, dep in list(self._objects.items()):
+            refs = dep.obj["metadata"].get("ownerReferences") or []
+            if not any(r.get("uid") == uid for r in refs) or dep_key not in self._objects:
+                continue
+            if any(r.get("uid") in uids for r in refs if r.get("uid") != uid):
+                new = copy.deepcopy(dep.obj)  # another owner remains: drop the dangling reference
+                new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+                self._commit(dep_key, new, "kube-controller-manager", "Update", "")
+            else:
+                self._delete(dep_key)
+
+    def _validate_update(self, kind: Kind, live: dict[str, Any], new: dict[str, Any]) -> None:
+        name = live["metadata"]["name"]
+        if kind.kind in ("Deployment", "ReplicaSet") and kind.group == "apps":
+            old_sel, new_sel = live.get("spec", {}).get("selector"), new.get("spec", {}).get("selector")
+            if old_sel != new_sel:
+                raise ApiError(422, "Invalid", f'{kind.kind}.apps "{name}" is invalid: spec.selector: Invalid '
+                                               f'value: {json.dumps(new_sel)}: field is immutable')
+        if kind.kind == "Service" and kind.group == "":
+            old_ip, new_ip = live.get("spec", {}).get("clusterIP"), new.get("spec", {}).get("clusterIP")
+            if old_ip and new_ip != old_ip:
+                raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.clusterIP: Invalid value: '
+                                               f'"{new_ip}": field is immutable')
+
+    def _validate(self, kind: Kind, obj: dict[str, Any]) -> None:
+        """What the API server refuses with 422 Invalid: names, labels, selectors, the schema."""
+        meta = obj["metadata"]
+        name = meta["name"]
+        qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+        problems: list[str] = []
+        if kind.kind == "Service" and not kind.group:
+            if len(name) > 63 or not DNS1035_LABEL.match(name):
+                problems.append(f'metadata.name: Invalid value: "{name}": a DNS-1035 label must consist of lower '
+                                f"case alphanumeric characters or '-', start with an alphabetic character, and end "
+                                f"with an alphanumeric character")
+        elif len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+            problems.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of '
+                            f"lower case alphanumeric characters, '-' or '.', and must start and end with an "
+                            f"alphanumeric character")
+        for where, labels in (("metadata.labels", meta.get("labels")),
+                              ("spec.template.metadata.labels",
+                               obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels")
+                               if isinstance(obj.get("spec"), dict) else None)):
+            for label, value in (labels or {}).items():
+                label_name = str(label).rsplit("/", 1)[-1]
+                if not LABEL_NAME.match(label_name) or len(label_name) > 63:
+                    problems.append(f'{where}: Invalid value: "{label}": name part must consist of alphanumeric '
+                                    f"characters, '-', '_' or '.'")
+                if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+                    problems.append(f'{where}: Invalid value: "{value}": a valid label must be an empty string or '
+                                    f"consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                                    f"with an alphanumeric character (max 63 characters)")
+        if kind.kind == "Deployment" and kind.group == "apps":
+            selector = (obj.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+            template = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
+            if any(template.get(k) != v for k, v in selector.items()):
+                problems.append(f"spec.template.metadata.labels: Invalid value: {json.dumps(template)}: "
+                                f"`selector` does not match template `labels`")
+        if not problems and self.validate_schemas and kind.kind in SCHEMA_KINDS:
+            problems.extend(self._schema_problems(obj))
+        if problems:
+            raise ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {", ".join(problems)}')
+
+    def _schema_problems(self, obj: dict[str, Any]) -> list[str]:
+        try:
+            import kubernetes_validate
+        except ImportError:  # optional: only the structural checks above then
+            return []
+        document = copy.deepcopy(obj)
+        document["metadata"].pop("managedFields", None)
+        digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+        if digest in self._validated:
+            return []
+        try:
+            kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            return []
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(p) for p in getattr(error, "path", ()) or ())
+            return [f"{path or '<root>'}: Invalid value: {getattr(error, 'message', str(error))}"]
+        self._validated.add(digest)
+        return []
