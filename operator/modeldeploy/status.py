@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from modeldeploy import naming
 from modeldeploy.api import (
@@ -21,17 +21,8 @@ from modeldeploy.api import (
     TensorStatus,
     VersionStatus,
 )
+from modeldeploy.model_health import PodModelReport
 from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
-
-
-class ModelReport(Protocol):
-    """What Triton said about one pod (modeldeploy.model_health.PodModelReport)."""
-
-    reachable: bool
-    version_ready: bool
-    reason: str
-    message: str
-    signature: Any
 
 
 @dataclass(frozen=True)
@@ -47,7 +38,7 @@ class Problem:
 class Observed:
     deployment: dict[str, Any] | None = None
     pods: Sequence[dict[str, Any]] = ()
-    reports: Mapping[str, ModelReport] = field(default_factory=dict)  # by pod uid
+    reports: Mapping[str, PodModelReport] = field(default_factory=dict)  # by pod uid
     problem: Problem | None = None  # a blocking problem found before or while applying
     side_problems: Sequence[Problem] = ()  # e.g. ServiceMonitor CRD missing: reported, not blocking
 
@@ -211,7 +202,7 @@ def _merge_conditions(previous: Sequence[Mapping[str, Any]], fresh: Sequence[Con
     return out
 
 
-def _served_model(md: ModelDeployment, reports: Sequence[ModelReport]) -> ServedModelStatus:
+def _served_model(md: ModelDeployment, reports: Sequence[PodModelReport]) -> ServedModelStatus:
     signature = next((r.signature for r in reports if r.version_ready and r.signature is not None), None)
     if signature is None:
         return ServedModelStatus(name=md.model_name)
@@ -222,7 +213,7 @@ def _served_model(md: ModelDeployment, reports: Sequence[ModelReport]) -> Served
         outputs=[TensorStatus(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in signature.outputs])
 
 
-def _versions(pods: Sequence[Mapping[str, Any]], reports: Mapping[str, ModelReport]) -> list[VersionStatus]:
+def _versions(pods: Sequence[Mapping[str, Any]], reports: Mapping[str, PodModelReport]) -> list[VersionStatus]:
     by_version: dict[str, VersionStatus] = {}
     for pod in pods:
         if is_terminating(pod):
@@ -245,7 +236,7 @@ class ModelVerdict:
 
 
 def model_verdict(md: ModelDeployment, version: str, pods: Sequence[Mapping[str, Any]],
-                  reports: Mapping[str, ModelReport]) -> ModelVerdict:
+                  reports: Mapping[str, PodModelReport]) -> ModelVerdict:
     """Does Triton itself say `version` is loaded on every running pod of that version?"""
     name = md.model_name
     running = sorted((p for p in pods if not is_terminating(p) and pod_version(p) == version and is_running(p)),

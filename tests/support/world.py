@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy import naming
+from modeldeploy.model_health import PodModelReport
 
 
-@dataclass(frozen=True)
-class Report:
-    """Data in the shape of Triton's per-pod report (the pure status code reads only these fields)."""
-
-    reachable: bool = True
-    version_ready: bool = True
-    reason: str = ""
-    message: str = ""
-    signature: Any = None
+def Report(version_ready: bool = True, reason: str = "", message: str = "") -> PodModelReport:  # noqa: N802
+    """A Triton answer for one pod, as the triton boundary would give it."""
+    return PodModelReport(reachable=True, live=True, server_ready=version_ready, version_ready=version_ready,
+                          reason=reason, message=message)
 
 
 def deployment(version: str = "3", *, replicas: int = 2, updated: int | None = None, ready: int | None = None,
