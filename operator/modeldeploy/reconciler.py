@@ -1,0 +1,235 @@
+"""One reconcile of one ModelDeployment: observe, decide (pure), act through the boundaries.
+
+Reads go through the Cluster protocol and the model-health cache; every decision is made by
+pure functions (render, intent, status, events). Writes happen only when something changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from modeldeploy import naming
+from modeldeploy.errors import InvalidSpec, parse_model_deployment
+from modeldeploy.events import Event, events_for
+from modeldeploy.intent import plan, replicas_intent
+from modeldeploy.kube import (
+    CHILD_KINDS,
+    KIND_BY_NAME,
+    MODEL_DEPLOYMENT,
+    POD,
+    PVC,
+    SECRET,
+    SERVICE_MONITOR,
+    ApiError,
+    Cluster,
+    Kind,
+)
+from modeldeploy.render import render_children
+from modeldeploy.render.deployment import pvc_claim
+from modeldeploy.status import (
+    Observed,
+    Problem,
+    derive_status,
+    invalid_status,
+    is_running,
+    is_terminating,
+    pod_version,
+    serving_version,
+)
+from modeldeploy.triton_flags import HTTP_PORT
+
+log = logging.getLogger(__name__)
+
+# While not Ready, the object is looked at again (Triton asked, Secrets re-checked): first after
+# this long, doubling while nothing changes, up to the cap. Changes themselves arrive as watch events.
+POLL_FIRST_SECONDS = 3.0
+POLL_MAX_SECONDS = 60.0
+
+_KIND_MISSING = object()  # a child kind whose CRD is not installed
+
+
+class ModelHealth(Protocol):
+    async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str) -> Any: ...
+
+    def retain(self, live_pod_uids: set[str]) -> None: ...
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did, for the worker (requeue) and for metrics."""
+
+    result: str = "ok"  # ok | invalid | deleted
+    requeue_after: float | None = None
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    conditions: dict[str, str] = field(default_factory=dict)
+    probes: list[str] = field(default_factory=list)  # ready | not_ready | unreachable per probed pod
+
+
+class Reconciler:
+    def __init__(self, cluster: Cluster, health: ModelHealth, *, triton_port: int = HTTP_PORT,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self.cluster = cluster
+        self.health = health
+        self.triton_port = triton_port
+        self.clock = clock
+        self._poll: dict[tuple[str, str], float] = {}  # current poll interval of objects that are not Ready
+        self._pods: dict[tuple[str, str], set[str]] = {}  # probed pod uids per object, to prune the cache
+
+    async def reconcile(self, namespace: str, name: str) -> Outcome:
+        obj = await self.cluster.get(MODEL_DEPLOYMENT, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return Outcome(result="deleted")  # ownerReferences let the garbage collector remove the children
+        previous = obj.get("status") or {}
+        try:
+            md = parse_model_deployment(obj)
+        except InvalidSpec as error:
+            problem = Problem("InvalidSpec", "; ".join(error.problems))
+            status = invalid_status(obj["metadata"].get("generation"), name, problem, previous, self.clock())
+            return await self._finish(obj, previous, status, Outcome(result="invalid"))
+
+        uid = obj["metadata"]["uid"]
+        observed, monitor_kind_installed = await self._observe_children(namespace, name)
+        side_problems: list[Problem] = []
+        if not monitor_kind_installed and md.spec.monitoring.service_monitor:
+            side_problems.append(Problem(
+                "ServiceMonitorUnavailable",
+                "monitoring.serviceMonitor is set but the ServiceMonitor kind (Prometheus Operator) is not installed",
+                False))
+
+        version = serving_version(md, previous)
+        effective = md if version == md.spec.model.version else md.model_copy(
+            update={"spec": md.spec.model_copy(update={"model": md.spec.model.model_copy(update={"version": version})})})
+        desired = render_children(effective, replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid)
+        if not monitor_kind_installed:
+            desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
+
+        outcome = Outcome()
+        problem = await self._preflight(md)
+        todo = plan(desired, observed, uid)
+        if todo.conflicts:
+            problem = Problem("ChildConflict", f"{', '.join(todo.conflicts)} already exists and is not owned by this "
+                                               f"ModelDeployment; rename or delete it (modeldeploy never overwrites it)")
+        created: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        deleted: list[dict[str, Any]] = []
+        if problem is None:
+            problem = await self._dry_run(todo.apply)
+        if problem is None:
+            for child in todo.apply:
+                stored = await self.cluster.apply(child)
+                (updated if observed.get(child["kind"]) is not None else created).append(stored)
+                observed[child["kind"]] = stored
+                outcome.applied.append(child["kind"])
+            for child in todo.delete:
+                meta = child["metadata"]
+                await self.cluster.delete(KIND_BY_NAME[child["kind"]], namespace, meta["name"], uid=meta["uid"])
+                observed[child["kind"]] = None
+                deleted.append(child)
+                outcome.deleted.append(child["kind"])
+
+        pods = [p for p in await self.cluster.list(POD, namespace, naming.selector_string(name))
+                if not is_terminating(p)]
+        reports = await self._probe(md, pods, outcome)
+        status = derive_status(md, Observed(deployment=observed.get("Deployment"), pods=pods, reports=reports,
+                                            problem=problem, side_problems=side_problems), previous, self.clock())
+        if problem is not None:
+            outcome.result = "invalid"
+        return await self._finish(obj, previous, status, outcome, created=created, updated=updated, deleted=deleted)
+
+    async def _observe_children(self, namespace: str, name: str) -> tuple[dict[str, Any], bool]:
+        """Each child kind's object of this name (or None), and whether the ServiceMonitor kind exists."""
+        async def one(kind: Kind) -> Any:
+            try:
+                return await self.cluster.get(kind, namespace, name)
+            except ApiError as error:
+                if error.not_found and kind is SERVICE_MONITOR:
+                    return _KIND_MISSING
+                raise
+
+        found = dict(zip((k.kind for k in CHILD_KINDS), await asyncio.gather(*(one(k) for k in CHILD_KINDS))))
+        monitor_kind_installed = found["ServiceMonitor"] is not _KIND_MISSING
+        if not monitor_kind_installed:
+            found["ServiceMonitor"] = None
+        return found, monitor_kind_installed
+
+    async def _preflight(self, md: Any) -> Problem | None:
+        """Refuse, before any write, what would only fail later inside the pods."""
+        secret = md.spec.model.credentials_secret
+        if secret and not await self.cluster.exists(SECRET, md.namespace, secret):
+            return Problem("SecretNotFound", f"spec.model.credentialsSecret: Secret {md.namespace}/{secret} not found")
+        claim = pvc_claim(md)
+        if claim and not await self.cluster.exists(PVC, md.namespace, claim):
+            return Problem("PVCNotFound",
+                           f"spec.model.repository: PersistentVolumeClaim {md.namespace}/{claim} not found")
+        return None
+
+    async def _dry_run(self, children: tuple[dict[str, Any], ...]) -> Problem | None:
+        """Let the API server validate every change first, so a refusal leaves nothing half-applied."""
+        for child in children:
+            try:
+                await self.cluster.apply(child, dry_run=True)
+            except ApiError as error:
+                if error.status in (400, 422):
+                    meta = child["metadata"]
+                    return Problem("InvalidSpec", f"the API server refused {child['kind']} "
+                                                  f"{meta['namespace']}/{meta['name']}: {error.message}")
+                if error.status == 403:
+                    return Problem("Forbidden", f"{child['kind']}: {error.message}")
+                raise
+        return None
+
+    async def _probe(self, md: Any, pods: list[dict[str, Any]], outcome: Outcome) -> dict[str, Any]:
+        running = [p for p in pods if is_running(p)]
+
+        async def one(pod: dict[str, Any]) -> tuple[str, Any]:
+            report = await self.health.report(pod["metadata"]["uid"], pod["status"]["podIP"], self.triton_port,
+                                              md.model_name, pod_version(pod))
+            outcome.probes.append("unreachable" if not report.reachable else
+                                  "ready" if report.version_ready else "not_ready")
+            return pod["metadata"]["uid"], report
+
+        reports = dict(await asyncio.gather(*(one(p) for p in running)))
+        self._pods[(md.namespace, md.name)] = set(reports)
+        self.health.retain(set().union(*self._pods.values()))
+        return reports
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._poll.pop((namespace, name), None)
+        if self._pods.pop((namespace, name), None) is not None:
+            self.health.retain(set().union(*self._pods.values()))
+
+    async def _finish(self, obj: dict[str, Any], previous: dict[str, Any], status: dict[str, Any], outcome: Outcome,
+                      *, created: list[dict[str, Any]] | None = None, updated: list[dict[str, Any]] | None = None,
+                      deleted: list[dict[str, Any]] | None = None) -> Outcome:
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if status != previous:
+            await self.cluster.patch_status(meta["namespace"], meta["name"], status)
+            outcome.status_written = True
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        if ready:
+            self._poll.pop(key, None)
+        else:
+            interval = POLL_FIRST_SECONDS if outcome.status_written or key not in self._poll else min(
+                self._poll[key] * 2, POLL_MAX_SECONDS)
+            self._poll[key] = outcome.requeue_after = interval
+        for event in events_for(previous, status, created=created or (), updated=updated or (),
+                                deleted=deleted or ()):
+            await self._post(obj, event)
+        outcome.conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        return outcome
+
+    async def _post(self, obj: dict[str, Any], event: Event) -> None:
+        await self.cluster.post_event(obj, event.type, event.reason, event.message)
