@@ -100,9 +100,13 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from modeldeploy.kube import NoClusterConfig
     from modeldeploy.operator import run
 
-    return run(namespaces=args.namespace, health_port=args.health_port, verbose=args.verbose)
+    try:
+        return run(namespaces=args.namespace, health_port=args.health_port, verbose=args.verbose)
+    except NoClusterConfig as error:
+        raise InputError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, __version__, permissions
-from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind
+from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind, NoClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,12 @@ class KubernetesCluster:
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config(client_configuration=configuration)
+            try:
+                k8s_config.load_kube_config(client_configuration=configuration)
+            except (k8s_config.ConfigException, OSError) as error:
+                raise NoClusterConfig(
+                    f"no Kubernetes cluster configured: not running in a pod, and no usable kube-config "
+                    f"(KUBECONFIG or ~/.kube/config): {error}") from None
         return cls(configuration)
 
     def close(self) -> None:

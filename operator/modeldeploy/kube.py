@@ -62,6 +62,10 @@ class ApiError(Exception):
         return self.status == 422
 
 
+class NoClusterConfig(Exception):
+    """Neither in-cluster credentials nor a kube-config were found."""
+
+
 class Cluster(Protocol):
     """What the reconciler may do to the cluster. Every write is deliberate and counted by the fake."""
 

@@ -1,0 +1,118 @@
+"""The operator shell: kopf handlers route keys to the work queue; metrics and /healthz."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import kopf
+import pytest
+
+from modeldeploy import metrics
+from modeldeploy import operator as op
+from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD
+from modeldeploy.reconciler import Reconciler
+from modeldeploy.triton import ReportCache, TritonProbe
+from tests.support.deployment_controller import settle
+from tests.support.fake_cluster import FakeCluster
+from tests.test_reconciler import NS, md_object
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture()
+async def state(tritonserver):
+    fake = FakeCluster()
+    cache = ReportCache(TritonProbe(timeout_seconds=2.0))
+    op.STATE = op.OperatorState(Reconciler(fake, cache, triton_port=tritonserver.http_port), cache)
+    op.STATE.queue.start()
+    yield op.STATE, fake
+    await op.STATE.queue.stop()
+    op.STATE = None
+
+
+def ready(fake, name):
+    status = fake.get_now(MODEL_DEPLOYMENT, NS, name).get("status") or {}
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+async def test_events_drive_reconciles_end_to_end(state):
+    operator_state, fake = state
+    fake.create(md_object("simple"))
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await operator_state.queue.idle()
+    assert fake.get_now(DEPLOYMENT, NS, "simple") is not None
+    # The pods turn ready: their watch event reaches the owner through its labels.
+    settle(fake, NS, "simple")
+    pod = fake.list_now(POD, NS)[0]
+    op._route_child(labels=pod["metadata"]["labels"], namespace=NS)
+    await operator_state.queue.idle()
+    assert ready(fake, "simple")
+    assert operator_state.conditions[(NS, "simple")]["Ready"] == "True"
+    assert b'modeldeploy_objects{condition="Ready",status="True"} 1.0' in metrics.render_latest()
+
+
+async def test_children_of_others_are_ignored_and_deletes_are_forgotten(state):
+    operator_state, fake = state
+    op._route_child(labels={"app.kubernetes.io/instance": "x"}, namespace=NS)  # not managed by us
+    assert not operator_state.queue.waiting
+    fake.create(md_object("simple"))
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await operator_state.queue.idle()
+    assert (NS, "simple") in operator_state.known
+    await op.on_model_deployment(event={"type": "DELETED"}, name="simple", namespace=NS)
+    assert (NS, "simple") not in operator_state.known and (NS, "simple") not in operator_state.conditions
+
+
+async def test_kopf_bookkeeping_lives_under_our_prefix(state):
+    settings = kopf.OperatorSettings()
+    await op.configure(settings=settings)
+    assert settings.persistence.finalizer == "modeldeploy.dev/finalizer"
+    assert settings.persistence.progress_storage.prefix == "modeldeploy.dev"
+    assert settings.persistence.diffbase_storage.prefix == "modeldeploy.dev"
+    assert settings.posting.enabled is False
+
+
+def test_handlers_have_explicit_ids_and_are_event_handlers_only():
+    watching = op.registry._watching.get_all_handlers()
+    ids = sorted(h.id for h in watching)
+    assert ids == sorted(["modeldeployment", "child-deployments", "child-services", "child-horizontalpodautoscalers",
+                          "child-poddisruptionbudgets", "child-pods"])
+    # No change-detecting (create/update/delete) handlers: kopf then writes no annotations or finalizers.
+    assert op.registry._changing.get_all_handlers() == []
+    assert op.registry._spawning.get_all_handlers() == []  # no daemons or timers either
+
+
+def test_metrics_and_healthz():
+    healthy = True
+    server = metrics.start_metrics_server(0, "127.0.0.1", health=lambda: healthy)
+    try:
+        metrics.observe_reconcile(0.02, "ok")
+        metrics.observe_reconcile(0.0, "error", error_reason="ServiceUnavailable")
+        metrics.record_triton_probe("unreachable")
+        metrics.set_object_conditions({("Degraded", "True"): 2})
+        metrics.set_object_conditions({("Degraded", "False"): 2})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+        assert 'modeldeploy_reconcile_total{result="ok"}' in text
+        assert 'modeldeploy_reconcile_errors_total{reason="ServiceUnavailable"} 1.0' in text
+        assert 'modeldeploy_triton_probes_total{result="unreachable"}' in text
+        assert 'modeldeploy_objects{condition="Degraded",status="True"} 0.0' in text  # stale snapshot cleared
+        assert 'modeldeploy_objects{condition="Degraded",status="False"} 2.0' in text
+        assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5).status == 200
+        healthy = False
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+        assert refused.value.code == 503
+    finally:
+        server.stop()
+
+
+def test_run_without_a_cluster_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "modeldeploy", "run", "--health-port", "0"], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                 "KUBECONFIG": str(tmp_path / "missing")})
+    assert result.returncode == 1
+    assert "no Kubernetes cluster configured" in result.stderr and "Traceback" not in result.stderr
