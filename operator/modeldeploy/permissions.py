@@ -43,14 +43,18 @@ NAMESPACED: tuple[Permission, ...] = (
     _p("", "events", "create", "Normal/Warning events on ModelDeployments"),
 )
 
-# Cluster-scoped permissions kopf needs to discover the CRD; needed in both install modes.
+# Cluster-scoped, in both install modes: kopf discovers the ModelDeployment resource through its CRD.
 CLUSTER: tuple[Permission, ...] = (
     _p("apiextensions.k8s.io", "customresourcedefinitions", "list watch",
        "kopf discovers the ModelDeployment resource", cluster_scoped=True),
+)
+
+# Cluster-scoped, only when serving all namespaces.
+CLUSTER_WIDE_ONLY: tuple[Permission, ...] = (
     _p("", "namespaces", "list watch", "kopf follows namespaces when serving all of them", cluster_scoped=True),
 )
 
-ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER
+ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER + CLUSTER_WIDE_ONLY
 
 
 def allowed(api_group: str, resource: str, verb: str) -> bool:
