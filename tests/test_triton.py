@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -101,6 +102,34 @@ async def test_a_refused_connection_is_unreachable(probe):
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
         report = await probe.probe(HOST, port, "simple", "1")
+    assert not report.reachable and report.reason == "TritonUnreachable"
+
+
+async def test_a_server_that_hangs_up_mid_request(probe):
+    """Accepts, reads the request, closes without a response: aiohttp's ServerDisconnectedError."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.recv(65536)
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        report = await probe.probe(HOST, listener.getsockname()[1], "simple", "1")
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
     assert not report.reachable and report.reason == "TritonUnreachable"
 
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
@@ -28,8 +29,9 @@ from modeldeploy.model_health import (
 
 log = logging.getLogger(__name__)
 
-# What a connection failure looks like through tritonclient/aiohttp.
-_NETWORK_ERRORS = (OSError, asyncio.TimeoutError, InferenceServerException, ValueError)
+# What a refused, reset, timed-out or garbled conversation looks like through tritonclient/aiohttp
+# (aiohttp.ClientError covers a server that disconnects mid-response).
+_NETWORK_ERRORS = (OSError, asyncio.TimeoutError, aiohttp.ClientError, InferenceServerException, ValueError)
 
 
 def _signature(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSignature:
