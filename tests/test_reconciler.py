@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 
+from modeldeploy.api import CONDITION_TYPES
 from modeldeploy.kube import DEPLOYMENT, HPA, MODEL_DEPLOYMENT, PDB, SERVICE, SERVICE_MONITOR, ApiError
 from modeldeploy.reconciler import POLL_FIRST_SECONDS, Reconciler
 from modeldeploy.triton import ReportCache, TritonProbe
@@ -290,8 +291,8 @@ async def test_invalid_spec_is_reported_once_and_nothing_is_applied(fake, reconc
     assert outcome.result == "invalid" and outcome.applied == []
     ready = condition(fake, "Ready")
     assert ready["reason"] == "InvalidSpec" and "mutually exclusive" in ready["message"]
-    assert [c["type"] for c in status_of(fake)["conditions"]] == ["Ready", "Available", "ModelReady",
-                                                                   "Progressing", "Degraded"]
+    assert [c["type"] for c in status_of(fake)["conditions"]] == list(CONDITION_TYPES)
+    assert condition(fake, "Stalled")["status"] == "True" and condition(fake, "Reconciling")["status"] == "False"
     assert [(e["type"], e["reason"]) for e in fake.events] == [("Warning", "InvalidSpec")]
     fake.reset_counters()
     await reconciler.reconcile(NS, "simple")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from modeldeploy.api import CONDITION_TYPES
 from modeldeploy.errors import parse_model_deployment
 from modeldeploy.status import (
     Observed,
@@ -39,8 +40,8 @@ def serving_world(version="3", n=2):
 def test_ready_when_the_rollout_is_complete_and_triton_agrees():
     status = derive_status(md(), serving_world(), {}, NOW)
     cond = conditions(status)
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "Available", "ModelReady", "Progressing",
-                                                          "Degraded"]
+    assert [c["type"] for c in status["conditions"]] == list(CONDITION_TYPES)
+    assert cond["Reconciling"]["status"] == "False" and cond["Stalled"]["status"] == "False"
     assert cond["Ready"]["status"] == "True" and cond["Ready"]["reason"] == "ModelServing"
     assert cond["ModelReady"]["status"] == "True" and cond["Degraded"]["status"] == "False"
     assert cond["Progressing"]["status"] == "False" and cond["Progressing"]["reason"] == "RolloutComplete"
@@ -83,6 +84,7 @@ def test_rolling_update_is_progressing_and_keeps_the_old_current_version():
     assert status["rollout"]["phase"] == "Progressing"
     assert "1 of 2 new replicas have been updated" in status["rollout"]["message"]
     assert cond["Ready"]["status"] == "False"
+    assert cond["Reconciling"]["status"] == "True" and cond["Stalled"]["status"] == "False"
     assert {v["version"]: v["replicas"] for v in status["versions"]} == {"3": 1, "4": 1}
 
 
@@ -113,6 +115,8 @@ def test_unschedulable_gpu_request_is_surfaced():
     cond = conditions(derive_status(md(), observed, {}, NOW))
     assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "Unschedulable"
     assert cond["Degraded"]["message"] == f"pod p0: {message}"
+    # A cluster autoscaler may still add a GPU node: still reconciling, not stalled.
+    assert cond["Reconciling"]["status"] == "True" and cond["Stalled"]["status"] == "False"
     assert cond["Ready"]["status"] == "False" and cond["Ready"]["reason"] == "Unschedulable"
 
 
@@ -140,6 +144,8 @@ def test_scaled_to_zero_is_not_ready():
     status = derive_status(md(replicas=0), Observed(deployment=deployment(replicas=0), pods=[]), {}, NOW)
     assert conditions(status)["Ready"]["reason"] == "ScaledToZero"
     assert conditions(status)["Degraded"]["status"] == "False"
+    # The desired state is reached: kstatus must say Current, not InProgress.
+    assert conditions(status)["Reconciling"]["status"] == "False" and conditions(status)["Stalled"]["status"] == "False"
 
 
 def test_blocking_problem_is_ready_false_and_degraded():
@@ -154,7 +160,8 @@ def test_invalid_spec_keeps_every_condition_type():
     problem = Problem("InvalidSpec", "spec.replicas: must be >= 0")
     status = invalid_status(4, "resnet50", problem, {}, NOW)
     cond = conditions(status)
-    assert list(cond) == ["Ready", "Available", "ModelReady", "Progressing", "Degraded"]
+    assert list(cond) == list(CONDITION_TYPES)
+    assert cond["Stalled"]["status"] == "True" and cond["Reconciling"]["status"] == "False"
     assert cond["Ready"]["status"] == "False" and cond["Degraded"]["message"] == "spec.replicas: must be >= 0"
     assert cond["ModelReady"]["status"] == "Unknown"
     assert status["observedGeneration"] == 4

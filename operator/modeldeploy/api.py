@@ -445,13 +445,15 @@ class StatusModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-CONDITION_TYPES = ("Ready", "Available", "ModelReady", "Progressing", "Degraded")
+# Reconciling and Stalled are kstatus's conditions, so Flux (and kpt, cli-utils) read us right.
+CONDITION_TYPES = ("Ready", "Available", "ModelReady", "Progressing", "Degraded", "Reconciling", "Stalled")
 
 
 class Condition(StatusModel):
     """A metav1.Condition."""
 
-    type: str = Field(..., max_length=316, description="Ready, Available, ModelReady, Progressing or Degraded.")
+    type: str = Field(..., max_length=316,
+                      description="Ready, Available, ModelReady, Progressing, Degraded, Reconciling or Stalled.")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., max_length=1024, description="CamelCase reason for the last change.")
     message: str = Field("", max_length=32768, description="Human-readable detail.")
@@ -502,7 +504,7 @@ class ModelDeploymentStatus(StatusModel):
 
     observed_generation: int | None = Field(None, description="metadata.generation that this status describes.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Available, ModelReady, Progressing, Degraded.",
+        default_factory=list, description="Ready, Available, ModelReady, Progressing, Degraded, Reconciling, Stalled.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     replicas: int = Field(0, description="Pods that exist (the scale subresource's status path).")
     ready_replicas: int = Field(0, description="Pods Kubernetes reports Ready.")

@@ -55,6 +55,11 @@ POD_WAITING_REASONS = {
     "RunContainerError": "CrashLoopBackOff",
 }
 
+# Degraded reasons that will not clear without a change by a person: kstatus's Stalled.
+STALLED_REASONS = frozenset({"InvalidSpec", "ChildConflict", "SecretNotFound", "PVCNotFound", "Forbidden",
+                             "RolledBack", "RolloutFailed", "ProgressDeadlineExceeded", "ModelLoadFailed",
+                             "ModelNotFound", "VersionNotLoaded"})
+
 # Most specific and most actionable first.
 DEGRADED_PRIORITY = ("InvalidSpec", "ChildConflict", "SecretNotFound", "PVCNotFound", "ApplyFailed", "RolledBack",
                      "ProgressDeadlineExceeded", "ModelLoadFailed", "CrashLoopBackOff", "ImagePullBackOff",
@@ -341,6 +346,8 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         progressing = ("True", "RollingUpdate", f"rolling out version {serving}: {progress.message}")
 
     generation = md.metadata.generation
+    stalled = degraded is not None and (degraded.reason in STALLED_REASONS or observed.problem is not None)
+    reconciling = not ready[0] and not stalled and ready[1] != "ScaledToZero"
     fresh = [
         Condition(type="Ready", status="True" if ready[0] else "False", reason=ready[1], message=ready[2],
                   last_transition_time="", observed_generation=generation),
@@ -353,6 +360,13 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         Condition(type="Degraded", status="True" if degraded else "False",
                   reason=degraded.reason if degraded else "AsExpected",
                   message=degraded.message if degraded else "", last_transition_time="",
+                  observed_generation=generation),
+        Condition(type="Reconciling", status="True" if reconciling else "False",
+                  reason=ready[1] if reconciling else "Reconciled",
+                  message=ready[2] if reconciling else "", last_transition_time="", observed_generation=generation),
+        Condition(type="Stalled", status="True" if stalled else "False",
+                  reason=degraded.reason if stalled and degraded else "NotStalled",
+                  message=degraded.message if stalled and degraded else "", last_transition_time="",
                   observed_generation=generation),
     ]
     assert [c.type for c in fresh] == list(CONDITION_TYPES)
@@ -387,9 +401,9 @@ def invalid_status(generation: int | None, name: str, problem: Problem, previous
     before = {c.get("type"): c for c in previous.get("conditions") or []}
     fresh: list[Condition] = []
     for kind in CONDITION_TYPES:
-        if kind in ("Ready", "Degraded"):
-            fresh.append(Condition(type=kind, status="False" if kind == "Ready" else "True", reason=problem.reason,
-                                   message=problem.message, last_transition_time="",
+        if kind in ("Ready", "Degraded", "Stalled", "Reconciling"):
+            fresh.append(Condition(type=kind, status="False" if kind in ("Ready", "Reconciling") else "True",
+                                   reason=problem.reason, message=problem.message, last_transition_time="",
                                    observed_generation=generation))
         elif kind in before:
             fresh.append(Condition.model_validate({**before[kind], "observedGeneration": generation}))
