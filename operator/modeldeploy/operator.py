@@ -21,7 +21,7 @@ from modeldeploy.workqueue import WorkQueue
 
 log = logging.getLogger("modeldeploy")
 
-RESYNC_SECONDS = 60.0
+RESYNC_SECONDS = 600.0  # a safety net only: changes arrive as watch events
 WORKERS = 8
 # The liveness endpoint fails when the workers have made no progress for this long while work waits.
 STALL_SECONDS = 600.0
