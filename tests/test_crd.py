@@ -101,3 +101,52 @@ def test_conditions_are_a_map_list_keyed_by_type():
 
 def test_committed_file_is_plain_yaml():
     assert yaml.safe_load(COMMITTED.read_text()) == crd()
+
+
+def _json_schema(node):
+    """The CRD's OpenAPI schema as plain JSON Schema (dropping the x-kubernetes-* annotations)."""
+    if isinstance(node, dict):
+        return {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if isinstance(node, list):
+        return [_json_schema(v) for v in node]
+    return node
+
+
+def test_statuses_the_operator_writes_fit_the_crd_schema():
+    import jsonschema
+
+    from modeldeploy.errors import parse_model_deployment
+    from modeldeploy.status import Observed, Problem, derive_status, invalid_status
+    from tests.support.specs import minimal
+    from tests.support.world import Report, deployment, pod
+
+    schema = _json_schema(_schema()["properties"]["status"])
+    doc = minimal()
+    doc["metadata"].update(uid="u", generation=1)
+    md = parse_model_deployment(doc)
+    pods = [pod("a", "3"), pod("b", "3", ready=False, waiting="CrashLoopBackOff", last_exit=1)]
+    statuses = [
+        derive_status(md, Observed(deployment=deployment("3"), pods=pods,
+                                   reports={"uid-a": Report(), "uid-b": Report(False, "ModelLoadFailed", "x")}),
+                      {}, "2026-11-23T08:00:00Z"),
+        derive_status(md, Observed(problem=Problem("SecretNotFound", "missing")), {}, "2026-11-23T08:00:00Z"),
+        invalid_status(3, "resnet50", Problem("InvalidSpec", "bad"), {}, "2026-11-23T08:00:00Z"),
+    ]
+    for status in statuses:
+        jsonschema.validate(status, schema)
+        assert _pruned(status, _schema()["properties"]["status"]) == []
+
+
+def _pruned(value, schema, path="status"):
+    """Fields the API server would drop because the structural schema does not know them."""
+    if isinstance(value, dict) and "properties" in schema:
+        out = []
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                out.append(f"{path}.{key}")
+            else:
+                out += _pruned(item, schema["properties"][key], f"{path}.{key}")
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [p for i, item in enumerate(value) for p in _pruned(item, schema["items"], f"{path}[{i}]")]
+    return []

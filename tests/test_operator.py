@@ -85,6 +85,28 @@ def test_handlers_have_explicit_ids_and_are_event_handlers_only():
     assert op.registry._spawning.get_all_handlers() == []  # no daemons or timers either
 
 
+def test_kopf_can_log_in_with_our_registry():
+    ids = [h.id for h in op.registry._activities.get_all_handlers()]
+    assert "login-via-kubernetes-client" in ids
+
+
+def test_child_watches_select_the_kinds_we_create():
+    from kopf._cogs.structs.references import Resource
+
+    watched = {h.id: h.selector for h in op.registry._watching.get_all_handlers()}
+    cases = {
+        "child-pods": Resource("", "v1", "pods", namespaced=True),
+        "child-deployments": Resource("apps", "v1", "deployments", namespaced=True),
+        "child-services": Resource("", "v1", "services", namespaced=True),
+        "child-horizontalpodautoscalers": Resource("autoscaling", "v2", "horizontalpodautoscalers", namespaced=True),
+        "child-poddisruptionbudgets": Resource("policy", "v1", "poddisruptionbudgets", namespaced=True),
+        "modeldeployment": Resource("modeldeploy.dev", "v1alpha1", "modeldeployments", namespaced=True),
+    }
+    for handler_id, resource in cases.items():
+        assert watched[handler_id].check(resource), handler_id
+    assert not watched["child-pods"].check(Resource("apps", "v1", "deployments", namespaced=True))
+
+
 def test_metrics_and_healthz():
     healthy = True
     server = metrics.start_metrics_server(0, "127.0.0.1", health=lambda: healthy)

@@ -27,6 +27,9 @@ WORKERS = 8
 STALL_SECONDS = 600.0
 
 registry = kopf.OperatorRegistry()
+# A registry of our own has no login handler: kopf authenticates the way our boundary does,
+# through the kubernetes client (in-cluster service account, else KUBECONFIG).
+kopf.on.login(registry=registry, id="login-via-kubernetes-client")(kopf.login_via_client)
 CHILD_WATCHES = (
     ("apps", "v1", "deployments"),
     ("", "v1", "services"),
@@ -45,6 +48,7 @@ class OperatorState:
         self.known: set[tuple[str, str]] = set()
         self.conditions: dict[tuple[str, str], dict[str, str]] = {}
         self.queue = WorkQueue(self._reconcile, workers=WORKERS, on_error=self._failed)
+        self.resync: asyncio.Task[None] | None = None
 
     async def _reconcile(self, key: tuple[str, str]) -> float | None:
         started = time.monotonic()
@@ -102,7 +106,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     state = _state()
     state.queue.start()
-    asyncio.get_running_loop().create_task(_resync_forever(state), name="modeldeploy-resync")
+    state.resync = asyncio.get_running_loop().create_task(_resync_forever(state), name="modeldeploy-resync")
 
 
 async def _resync_forever(state: OperatorState) -> None:
@@ -116,6 +120,8 @@ async def _resync_forever(state: OperatorState) -> None:
 @kopf.on.cleanup(registry=registry)
 async def shutdown(**_: Any) -> None:
     state = _state()
+    if state.resync is not None:
+        state.resync.cancel()
     await state.queue.stop()
     close = getattr(state.health_cache, "close", None)
     if close is not None:
