@@ -84,6 +84,20 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {}
 
 
+def wait_for_condition(namespace: str, name: str, kind: str, *, reason: str | None = None,
+                       status: str | None = None, timeout: float = WAIT_SECONDS) -> dict[str, Any]:
+    """Wait until md/name has condition `kind` with the given reason and/or status; return the object."""
+    def check() -> dict[str, Any] | None:
+        obj = get_json("md", name, "-n", namespace)
+        cond = condition(obj, kind)
+        if cond and (reason is None or cond.get("reason") == reason) and (status is None or cond.get("status") == status):
+            return obj
+        return None
+
+    wanted = ", ".join(f"{k}={v}" for k, v in (("reason", reason), ("status", status)) if v is not None)
+    return wait_for(f"md/{name} condition {kind} with {wanted}", check, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def crd_installed() -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import apply, condition, get_json, kubectl, model_deployment, wait_for
+from e2e.conftest import apply, condition, get_json, kubectl, model_deployment, wait_for, wait_for_condition
 
 CHILDREN = ("deployment", "service")
-
-
-def ready_md(namespace: str, name: str):
-    return lambda: (lambda md: md if condition(md, "Ready").get("status") == "True" else None)(
-        get_json("md", name, "-n", namespace))
 
 
 def test_creates_children_and_becomes_ready_with_kubectl_wait(namespace, triton_on_8000):
@@ -43,9 +38,7 @@ def test_creates_children_and_becomes_ready_with_kubectl_wait(namespace, triton_
 def test_a_version_triton_does_not_have_is_not_ready_with_tritons_reason(namespace, triton_on_8000):
     apply(model_deployment("simple", namespace, model={"name": "simple", "repository": "s3://e2e/triton",
                                                        "version": "9"}))
-    md = wait_for("ModelReady=False with Triton's reason", lambda: (
-        lambda m: m if condition(m, "ModelReady").get("reason") == "VersionNotLoaded" else None)(
-        get_json("md", "simple", "-n", namespace)))
+    md = wait_for_condition(namespace, "simple", "ModelReady", reason="VersionNotLoaded")
     assert condition(md, "Ready")["status"] == "False"
     assert "version 9" in condition(md, "ModelReady")["message"] or "9" in condition(md, "ModelReady")["message"]
 
@@ -53,9 +46,7 @@ def test_a_version_triton_does_not_have_is_not_ready_with_tritons_reason(namespa
 def test_a_model_that_fails_to_load_reports_tritons_error(namespace, triton_on_8000):
     apply(model_deployment("broken", namespace, model={"name": "broken", "repository": "s3://e2e/triton",
                                                        "version": "1"}))
-    md = wait_for("ModelLoadFailed", lambda: (
-        lambda m: m if condition(m, "ModelReady").get("reason") == "ModelLoadFailed" else None)(
-        get_json("md", "broken", "-n", namespace)))
+    md = wait_for_condition(namespace, "broken", "ModelReady", reason="ModelLoadFailed")
     assert "weights file missing" in condition(md, "ModelReady")["message"]
     assert condition(md, "Ready")["status"] == "False"
 
@@ -115,9 +106,7 @@ def ready_or_observed(namespace: str, name: str):
 
 def test_gpus_that_do_not_fit_are_unschedulable(namespace):
     apply(model_deployment("huge", namespace, resources={"gpu": 8}))
-    md = wait_for("Degraded=Unschedulable", lambda: (
-        lambda m: m if condition(m, "Degraded").get("reason") == "Unschedulable" else None)(
-        get_json("md", "huge", "-n", namespace)))
+    md = wait_for_condition(namespace, "huge", "Degraded", reason="Unschedulable")
     assert "Insufficient nvidia.com/gpu" in condition(md, "Degraded")["message"]
     assert condition(md, "Ready")["status"] == "False"
     deployment = get_json("deployment", "huge", "-n", namespace)
@@ -128,14 +117,12 @@ def test_gpus_that_do_not_fit_are_unschedulable(namespace):
 def test_mig_slices_schedule(namespace, triton_on_8000):
     apply(model_deployment("slice", namespace, resources={"mig": "1g.10gb"},
                            placement={"gpuProduct": "NVIDIA-H100-80GB-HBM3"}))
-    wait_for("Ready", ready_md(namespace, "slice"), timeout=90)
+    wait_for_condition(namespace, "slice", "Ready", status="True", timeout=90)
 
 
 def test_a_crash_looping_version_is_degraded(namespace):
     apply(model_deployment("crashy", namespace, triton={"image": "nvcr.io/nvidia/tritonserver:crash-on-start"}))
-    md = wait_for("Degraded=CrashLoopBackOff", lambda: (
-        lambda m: m if condition(m, "Degraded").get("reason") == "CrashLoopBackOff" else None)(
-        get_json("md", "crashy", "-n", namespace)))
+    md = wait_for_condition(namespace, "crashy", "Degraded", reason="CrashLoopBackOff")
     assert condition(md, "Ready")["status"] == "False"
 
 
@@ -148,9 +135,7 @@ def test_the_api_server_refuses_specs_that_break_a_rule(namespace):
 def test_a_missing_secret_is_degraded_with_one_warning_event(namespace):
     apply(model_deployment("nosecret", namespace, model={"name": "simple", "repository": "s3://b/p", "version": "1",
                                                          "credentialsSecret": "absent"}))
-    md = wait_for("Degraded=SecretNotFound", lambda: (
-        lambda m: m if condition(m, "Degraded").get("reason") == "SecretNotFound" else None)(
-        get_json("md", "nosecret", "-n", namespace)))
+    md = wait_for_condition(namespace, "nosecret", "Degraded", reason="SecretNotFound")
     assert "absent" in condition(md, "Degraded")["message"]
     assert get_json("deployment", "nosecret", "-n", namespace) is None  # nothing half-applied
     events = wait_for("the Warning event", lambda: [
@@ -162,9 +147,7 @@ def test_a_missing_secret_is_degraded_with_one_warning_event(namespace):
 def test_a_foreign_object_with_our_name_is_never_overwritten(namespace):
     kubectl("create", "service", "clusterip", "taken", "-n", namespace, "--tcp=80:80")
     apply(model_deployment("taken", namespace))
-    md = wait_for("Degraded=ChildConflict", lambda: (
-        lambda m: m if condition(m, "Degraded").get("reason") == "ChildConflict" else None)(
-        get_json("md", "taken", "-n", namespace)))
+    md = wait_for_condition(namespace, "taken", "Degraded", reason="ChildConflict")
     assert "Service" in condition(md, "Degraded")["message"]
     service = get_json("service", "taken", "-n", namespace)
     assert not service["metadata"].get("ownerReferences")
