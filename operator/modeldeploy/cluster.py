@@ -3,7 +3,7 @@
 The only module that imports the kubernetes client. Every request is built from a Kind with an
 explicit path (core: /api/v1/namespaces/{ns}/{plural}/{name}; groups:
 /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}), so any kind works without discovery.
-The blocking client runs in worker threads (asyncio.to_thread); every call is checked against
+The blocking client runs in worker threads of its own; every call is checked against
 modeldeploy.permissions before it is sent.
 
 What the API server answers, and how it is read here (kubernetes apiserver / apimachinery):
@@ -18,10 +18,12 @@ What the API server answers, and how it is read here (kubernetes apiserver / api
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -170,6 +172,8 @@ class KubernetesCluster:
         self._api = k8s_client.ApiClient(configuration)
         self._api.user_agent = f"{FIELD_MANAGER}/{__version__}"
         self._timeout = request_timeout
+        # Our own threads, as many as pooled connections: the loop's default pool has only cpu+4.
+        self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="kube-api")
         self.reporting_instance = reporting_instance or os.environ.get("POD_NAME") or socket.gethostname()
 
     @classmethod
@@ -188,6 +192,7 @@ class KubernetesCluster:
         return cls(configuration)
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
     # --- transport -------------------------------------------------------------------------
@@ -231,7 +236,8 @@ class KubernetesCluster:
         return _parse(data)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(self._send, method, path, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, functools.partial(self._send, method, path, **kwargs))
 
     # --- the protocol ----------------------------------------------------------------------
 

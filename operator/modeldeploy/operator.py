@@ -167,4 +167,5 @@ def run(*, namespaces: list[str], health_port: int, verbose: bool) -> int:
     finally:
         if server is not None:
             server.stop()
+        cluster.close()
     return 0
