@@ -163,11 +163,15 @@ def test_deleting_the_model_deployment_collects_its_children(namespace, triton_o
                  timeout=90)
 
 
-@pytest.mark.parametrize("example", ["cpu-python-pvc.yaml", "mig-slice.yaml"])
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_rendered_examples_pass_a_server_side_dry_run(example, namespace):
-    root = Path(__file__).resolve().parents[1]
-    rendered = subprocess.run([sys.executable, "-m", "modeldeploy", "render", "-f", str(root / "examples" / example)],
+    rendered = subprocess.run([sys.executable, "-m", "modeldeploy", "render", "-f", str(example), "-o", "json"],
                               capture_output=True, text=True, check=True).stdout
-    rendered = rendered.replace("namespace: nlp", f"namespace: {namespace}")
-    result = kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered, check=False)
+    listed = json.loads(rendered)
+    for item in listed["items"]:
+        item["metadata"]["namespace"] = namespace
+    result = kubectl("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(listed), check=False)
     assert result.returncode == 0, result.stderr
