@@ -41,7 +41,7 @@ def test_a_version_triton_does_not_have_is_not_ready_with_tritons_reason(namespa
                                                        "version": "9"}))
     md = wait_for_condition(namespace, "simple", "ModelReady", reason="VersionNotLoaded")
     assert condition(md, "Ready")["status"] == "False"
-    assert "version 9" in condition(md, "ModelReady")["message"] or "9" in condition(md, "ModelReady")["message"]
+    assert "version 9 is not loaded" in condition(md, "ModelReady")["message"]
 
 
 def test_a_model_that_fails_to_load_reports_tritons_error(namespace, triton_on_8000):
@@ -95,10 +95,7 @@ def test_the_hpa_keeps_its_replicas(namespace, triton_on_8000):
         assert get_json("deployment", "auto", "-n", namespace)["spec"]["replicas"] == 5
         time.sleep(1)
     # Switch autoscaling off: spec.replicas decides again and the HPA goes away.
-    md = get_json("md", "auto", "-n", namespace)
-    md["spec"].pop("autoscaling")
-    md["spec"]["replicas"] = 1
-    apply({k: md[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    apply(model_deployment("auto", namespace, replicas=1))
     wait_for("the HPA to be deleted", lambda: get_json("hpa", "auto", "-n", namespace) is None)
     wait_for("replicas back to 1", lambda: get_json("deployment", "auto", "-n", namespace)["spec"]["replicas"] == 1)
 

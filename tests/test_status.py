@@ -208,3 +208,11 @@ def test_rollout_progress_follows_kubectl_rollout_status():
     assert rollout_progress(deployment(replicas=2, available=1)).message == "1 of 2 updated replicas are available"
     assert rollout_progress(deployment(replicas=2)).complete
     assert rollout_progress(None).message == "the Deployment does not exist yet"
+
+
+def test_a_crash_looping_container_is_not_asked_about_its_model():
+    from modeldeploy.status import is_running
+
+    assert is_running(pod("a"))
+    looping = pod("b", ready=False, waiting="CrashLoopBackOff")
+    assert looping["status"]["phase"] == "Running" and not is_running(looping)

@@ -87,7 +87,14 @@ def pod_version(pod: Mapping[str, Any]) -> str:
 
 
 def is_running(pod: Mapping[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") == "Running" and bool(pod.get("status", {}).get("podIP"))
+    """Triton could answer at the pod's IP: phase Running, an IP, and its container not waiting
+    (a crash-looping container has a Running pod but no server to ask)."""
+    status = pod.get("status", {})
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        return False
+    containers = status.get("containerStatuses") or []
+    triton = next((c for c in containers if c.get("name") == "triton"), None)
+    return triton is None or "running" in (triton.get("state") or {})
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
