@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 
 from modeldeploy import permissions
 from tests.support.manifests import validate_all
+from tests.support.tools import helm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "modeldeploy"
@@ -20,8 +19,7 @@ pytestmark = pytest.mark.helm
 
 
 def _helm() -> str:
-    beside_python = Path(sys.executable).parent / "helm"
-    found = str(beside_python) if beside_python.exists() else shutil.which("helm")
+    found = helm_path()
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("helm is not installed: `make test` installs it (scripts/install-helm.sh)")
