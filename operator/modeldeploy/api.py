@@ -424,6 +424,13 @@ class ModelDeployment(BaseModel):
     def model_name(self) -> str:
         return self.spec.model.name or self.metadata.name
 
+    def with_model_version(self, version: str) -> ModelDeployment:
+        """The same object serving another version (what a rollback renders)."""
+        if version == self.spec.model.version:
+            return self
+        model = self.spec.model.model_copy(update={"version": version})
+        return self.model_copy(update={"spec": self.spec.model_copy(update={"model": model})})
+
 
 # Rules on the whole object: the CRD's root schema sees metadata.name.
 ROOT_RULES = (

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from modeldeploy import naming
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.events import Event, events_for
-from modeldeploy.intent import plan, replicas_intent
+from modeldeploy.intent import Plan, plan, replicas_intent
 from modeldeploy.kube import (
     CHILD_KINDS,
     KIND_BY_NAME,
@@ -64,6 +64,15 @@ def utc_now() -> str:
 
 
 @dataclass
+class Changes:
+    """Children this reconcile created, updated and deleted (for events)."""
+
+    created: list[dict[str, Any]] = field(default_factory=list)
+    updated: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class Outcome:
     """What one reconcile did, for the worker (requeue) and for metrics."""
 
@@ -108,10 +117,8 @@ class Reconciler:
                 "monitoring.serviceMonitor is set but the ServiceMonitor kind (Prometheus Operator) is not installed",
                 False))
 
-        version = serving_version(md, previous)
-        effective = md if version == md.spec.model.version else md.model_copy(
-            update={"spec": md.spec.model_copy(update={"model": md.spec.model.model_copy(update={"version": version})})})
-        desired = render_children(effective, replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid)
+        desired = render_children(md.with_model_version(serving_version(md, previous)),
+                                  replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid)
         if not monitor_kind_installed:
             desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
 
@@ -121,23 +128,9 @@ class Reconciler:
         if todo.conflicts:
             problem = Problem("ChildConflict", f"{', '.join(todo.conflicts)} already exists and is not owned by this "
                                                f"ModelDeployment; rename or delete it (modeldeploy never overwrites it)")
-        created: list[dict[str, Any]] = []
-        updated: list[dict[str, Any]] = []
-        deleted: list[dict[str, Any]] = []
         if problem is None:
             problem = await self._dry_run(todo.apply)
-        if problem is None:
-            for child in todo.apply:
-                stored = await self.cluster.apply(child)
-                (updated if observed.get(child["kind"]) is not None else created).append(stored)
-                observed[child["kind"]] = stored
-                outcome.applied.append(child["kind"])
-            for child in todo.delete:
-                meta = child["metadata"]
-                await self.cluster.delete(KIND_BY_NAME[child["kind"]], namespace, meta["name"], uid=meta["uid"])
-                observed[child["kind"]] = None
-                deleted.append(child)
-                outcome.deleted.append(child["kind"])
+        changes = await self._act(todo, observed, outcome) if problem is None else Changes()
 
         pods = [p for p in await self.cluster.list(POD, namespace, naming.selector_string(name))
                 if not is_terminating(p)]
@@ -146,7 +139,23 @@ class Reconciler:
                                             problem=problem, side_problems=side_problems), previous, self.clock())
         if problem is not None:
             outcome.result = "invalid"
-        return await self._finish(obj, previous, status, outcome, created=created, updated=updated, deleted=deleted)
+        return await self._finish(obj, previous, status, outcome, changes)
+
+    async def _act(self, todo: Plan, observed: dict[str, Any], outcome: Outcome) -> Changes:
+        """Apply and delete as planned; `observed` then holds what the API server stored."""
+        changes = Changes()
+        for child in todo.apply:
+            stored = await self.cluster.apply(child)
+            (changes.updated if observed.get(child["kind"]) is not None else changes.created).append(stored)
+            observed[child["kind"]] = stored
+            outcome.applied.append(child["kind"])
+        for child in todo.delete:
+            meta = child["metadata"]
+            await self.cluster.delete(KIND_BY_NAME[child["kind"]], meta["namespace"], meta["name"], uid=meta["uid"])
+            observed[child["kind"]] = None
+            changes.deleted.append(child)
+            outcome.deleted.append(child["kind"])
+        return changes
 
     async def _observe_children(self, namespace: str, name: str) -> tuple[dict[str, Any], bool]:
         """Each child kind's object of this name (or None), and whether the ServiceMonitor kind exists."""
@@ -211,8 +220,7 @@ class Reconciler:
             self.health.retain(set().union(*self._pods.values()))
 
     async def _finish(self, obj: dict[str, Any], previous: dict[str, Any], status: dict[str, Any], outcome: Outcome,
-                      *, created: list[dict[str, Any]] | None = None, updated: list[dict[str, Any]] | None = None,
-                      deleted: list[dict[str, Any]] | None = None) -> Outcome:
+                      changes: Changes | None = None) -> Outcome:
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
         if status != previous:
@@ -225,8 +233,9 @@ class Reconciler:
             interval = POLL_FIRST_SECONDS if outcome.status_written or key not in self._poll else min(
                 self._poll[key] * 2, POLL_MAX_SECONDS)
             self._poll[key] = outcome.requeue_after = interval
-        for event in events_for(previous, status, created=created or (), updated=updated or (),
-                                deleted=deleted or ()):
+        changes = changes or Changes()
+        for event in events_for(previous, status, created=changes.created, updated=changes.updated,
+                                deleted=changes.deleted):
             await self._post(obj, event)
         outcome.conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         return outcome
