@@ -241,10 +241,10 @@ class KubernetesCluster:
 
     # --- the protocol ----------------------------------------------------------------------
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, namespace: str, name: str, *, accept: str = JSON) -> dict[str, Any] | None:
         permissions.require(kind.group, kind.plural, "get")
         try:
-            return await self._call("GET", object_path(kind, namespace, name))
+            return await self._call("GET", object_path(kind, namespace, name), accept=accept)
         except _Refused as refused:
             if refused.status == 404:
                 if refused.names_object:
@@ -253,16 +253,8 @@ class KubernetesCluster:
             raise refused.error() from None
 
     async def exists(self, kind: Kind, namespace: str, name: str) -> bool:
-        permissions.require(kind.group, kind.plural, "get")
-        try:
-            await self._call("GET", object_path(kind, namespace, name), accept=METADATA_ONLY)
-        except _Refused as refused:
-            if refused.status == 404:
-                if refused.names_object:
-                    return False
-                raise kind_not_installed(kind) from None
-            raise refused.error() from None
-        return True
+        # Metadata only: a Secret's data never reaches the operator.
+        return await self.get(kind, namespace, name, accept=METADATA_ONLY) is not None
 
     async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         permissions.require(kind.group, kind.plural, "list")
