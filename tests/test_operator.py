@@ -9,6 +9,7 @@ import urllib.request
 
 import kopf
 import pytest
+import yaml
 
 from modeldeploy import metrics
 from modeldeploy import operator as op
@@ -138,3 +139,39 @@ def test_run_without_a_cluster_is_a_clear_error(tmp_path):
                                  "KUBECONFIG": str(tmp_path / "missing")})
     assert result.returncode == 1
     assert "no Kubernetes cluster configured" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path):
+    """The real process, with a kube-config whose API server refuses connections: kopf logs in,
+    starts our workers and keeps retrying its watches; /healthz answers; SIGTERM ends it with 0."""
+    import signal
+    import time
+
+    from tests.support.tritonserver import free_port
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--health-port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)})
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        assert status == 200, "no /healthz within 30 s"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "Signal SIGTERM is received" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
