@@ -68,7 +68,9 @@ def test_probes_ask_for_the_target_version():
                                       triton={"startupTimeoutSeconds": 900}))["Deployment"])
     version_ready = {"path": "/v2/models/rn/versions/7/ready", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == version_ready
-    assert container["startupProbe"]["httpGet"] == version_ready
+    # Startup waits for Triton's HTTP (up once its startup load is over, loaded or failed), so a
+    # failed load leaves the pod running and unready instead of restarting it.
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 900
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}

@@ -216,3 +216,19 @@ def test_a_crash_looping_container_is_not_asked_about_its_model():
     assert is_running(pod("a"))
     looping = pod("b", ready=False, waiting="CrashLoopBackOff")
     assert looping["status"]["phase"] == "Running" and not is_running(looping)
+
+
+def test_a_container_still_loading_is_not_asked_and_a_restart_is_a_new_question():
+    from modeldeploy.status import container_id, is_running
+
+    loading = pod("a")
+    loading["status"]["containerStatuses"] = [{"name": "triton", "state": {"running": {}}, "started": False,
+                                               "containerID": "containerd://1"}]
+    assert not is_running(loading)
+    started = pod("a")
+    started["status"]["containerStatuses"] = [{"name": "triton", "state": {"running": {}}, "started": True,
+                                               "containerID": "containerd://1"}]
+    restarted = pod("a")
+    restarted["status"]["containerStatuses"] = [{"name": "triton", "state": {"running": {}}, "started": True,
+                                                 "containerID": "containerd://2"}]
+    assert is_running(started) and container_id(started) != container_id(restarted)

@@ -70,15 +70,7 @@ def explain_not_ready(model: str, version: str, index: tuple[VersionState, ...])
 
 def first_line(text: str) -> str:
     """Triton's reasons carry a Python traceback after the error; the status needs the error."""
-    return text.strip().split("\n")[0].strip()
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    pod_uid: str
-    pod_ip: str
-    model: str
-    version: str
+    return (text.strip().splitlines() or [""])[0].strip()[:300]
 
 
 def should_probe(cached: PodModelReport | None) -> bool:

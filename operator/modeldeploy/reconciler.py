@@ -34,6 +34,7 @@ from modeldeploy.render.deployment import pvc_claim
 from modeldeploy.status import (
     Observed,
     Problem,
+    container_id,
     derive_status,
     invalid_status,
     is_running,
@@ -54,7 +55,8 @@ _KIND_MISSING = object()  # a child kind whose CRD is not installed
 
 
 class ModelHealth(Protocol):
-    async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str) -> Any: ...
+    async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str, *,
+                     container_id: str = "") -> Any: ...
 
     def retain(self, live_pod_uids: set[str]) -> None: ...
 
@@ -204,7 +206,7 @@ class Reconciler:
 
         async def one(pod: dict[str, Any]) -> tuple[str, Any]:
             report = await self.health.report(pod["metadata"]["uid"], pod["status"]["podIP"], self.triton_port,
-                                              md.model_name, pod_version(pod))
+                                              md.model_name, pod_version(pod), container_id=container_id(pod))
             outcome.probes.append("unreachable" if not report.reachable else
                                   "ready" if report.version_ready else "not_ready")
             return pod["metadata"]["uid"], report

@@ -86,15 +86,25 @@ def pod_version(pod: Mapping[str, Any]) -> str:
     return (pod.get("metadata", {}).get("labels") or {}).get(naming.VERSION_LABEL, "")
 
 
+def triton_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((c for c in pod.get("status", {}).get("containerStatuses") or [] if c.get("name") == "triton"), None)
+
+
 def is_running(pod: Mapping[str, Any]) -> bool:
-    """Triton could answer at the pod's IP: phase Running, an IP, and its container not waiting
-    (a crash-looping container has a Running pod but no server to ask)."""
+    """Triton can answer at the pod's IP: phase Running, an IP, and its container running and past its
+    startup probe (a crash-looping container has a Running pod but no server; one still loading its
+    model serves no HTTP yet)."""
     status = pod.get("status", {})
     if status.get("phase") != "Running" or not status.get("podIP"):
         return False
-    containers = status.get("containerStatuses") or []
-    triton = next((c for c in containers if c.get("name") == "triton"), None)
-    return triton is None or "running" in (triton.get("state") or {})
+    triton = triton_container(pod)
+    return triton is None or ("running" in (triton.get("state") or {}) and triton.get("started", True) is not False)
+
+
+def container_id(pod: Mapping[str, Any]) -> str:
+    """Changes when the Triton container restarts inside the same pod (so a cached answer is not reused)."""
+    triton = triton_container(pod) or {}
+    return str(triton.get("containerID") or triton.get("restartCount", ""))
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:

@@ -1,15 +1,24 @@
 """The triton boundary: the only module that imports tritonclient.
 
 Asks Triton on each pod (its IP, Triton's HTTP port) whether a model version is loaded, why
-not, and what the model looks like. Short timeouts, bounded concurrency across all pods of all
-ModelDeployments, and no exception escapes for a server-side problem: a slow, dead or vanishing
-Triton becomes a report that says so.
+not, and what the model looks like. Every conversation is bounded by one timeout, all probes of
+one TritonProbe (so all pods of all ModelDeployments) share one concurrency bound, and no
+exception escapes for a server-side problem: a slow, dead, vanishing or garbled Triton becomes a
+report that says so. Nothing tritonclient defines leaves this module; the report types are the
+pure dataclasses of modeldeploy.model_health, re-exported here.
+
+Clients are created and closed per probe, not pooled per (host, port): a pod IP is reused by
+other pods, tritonclient's health calls do not release their connections, and the cache below
+makes steady state cost no requests at all, so a pool would buy nothing and risk stale sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,103 +26,233 @@ from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from modeldeploy.model_health import (
-    CacheKey,
     ModelSignature,
     PodModelReport,
     TensorSpec,
     VersionState,
     explain_not_ready,
+    first_line,
     should_probe,
     unreachable,
 )
 
+__all__ = [
+    "CachedReport",
+    "ModelSignature",
+    "PodModelReport",
+    "PodTarget",
+    "ReportCache",
+    "TensorSpec",
+    "TritonProbe",
+    "TritonUnavailable",
+    "VersionState",
+    "use_cached",
+]
+
 log = logging.getLogger(__name__)
 
-# What a refused, reset, timed-out or garbled conversation looks like through tritonclient/aiohttp
-# (aiohttp.ClientError covers a server that disconnects mid-response).
-_NETWORK_ERRORS = (OSError, asyncio.TimeoutError, aiohttp.ClientError, InferenceServerException, ValueError)
+
+class TritonUnavailable(Exception):
+    """repository_index got no usable answer (refused, timed out, went away, garbled)."""
 
 
-def _signature(metadata: dict[str, Any], config: dict[str, Any]) -> ModelSignature:
-    def tensors(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.get("name", ""), t.get("datatype", ""), tuple(int(d) for d in t.get("shape", [])))
+class _Malformed(ValueError):
+    """Triton answered 200 with something that is not what the v2 protocol says."""
+
+
+def server_address(host: str, port: int) -> str:
+    """host:port as tritonclient wants it (no scheme); IPv6 pod IPs need brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _tensors(items: Any) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list):
+        raise _Malformed(f"expected a list of tensors, got {type(items).__name__}")
+    try:
+        return tuple(TensorSpec(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t.get("shape", [])))
                      for t in items)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise _Malformed(f"tensor metadata: {error!r}") from None
 
-    return ModelSignature(name=metadata.get("name", ""), platform=metadata.get("platform") or config.get("platform", ""),
-                          backend=config.get("backend", ""), max_batch_size=int(config.get("max_batch_size", 0)),
-                          inputs=tensors(metadata.get("inputs", [])), outputs=tensors(metadata.get("outputs", [])))
+
+def parse_signature(metadata: Any, config: Any) -> ModelSignature:
+    """The signature from GET /v2/models/{m}/versions/{v} and .../config. Shapes are the metadata's,
+    the ones a client sends (a batching model's leading -1 included)."""
+    if not isinstance(metadata, Mapping) or not isinstance(config, Mapping):
+        raise _Malformed("model metadata and config must be JSON objects")
+    try:
+        max_batch_size = int(config.get("max_batch_size", 0))
+    except (TypeError, ValueError):
+        raise _Malformed(f"max_batch_size: {config.get('max_batch_size')!r}") from None
+    return ModelSignature(name=str(metadata.get("name", "")),
+                          platform=str(metadata.get("platform") or config.get("platform") or ""),
+                          backend=str(config.get("backend") or ""), max_batch_size=max_batch_size,
+                          inputs=_tensors(metadata.get("inputs", [])), outputs=_tensors(metadata.get("outputs", [])))
+
+
+def parse_index(rows: Any) -> tuple[VersionState, ...]:
+    """POST /v2/repository/index. A model Triton knows of but has not loaded has no version."""
+    if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+        raise _Malformed("the repository index must be a JSON list of objects")
+    return tuple(VersionState(str(r.get("name", "")), str(r.get("version", "")), str(r.get("state", "")),
+                              str(r.get("reason", ""))) for r in rows)
 
 
 class TritonProbe:
+    """Per-pod questions to Triton's HTTP endpoint. Safe to share; use one per operator."""
+
     def __init__(self, timeout_seconds: float = 2.0, max_concurrency: int = 32) -> None:
-        self.timeout_seconds = timeout_seconds
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.timeout_seconds = timeout_seconds  # bounds a whole probe, not each request
+        self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
-        self.in_flight = 0  # probes holding a slot now (for tests and metrics)
+        self._in_flight = 0
+        self._peak_in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Conversations holding a slot of the semaphore right now."""
+        return self._in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most conversations that ever held a slot at once (never above max_concurrency)."""
+        return self._peak_in_flight
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
+
+    def _client(self, host: str, port: int) -> InferenceServerClient:
+        # aiohttp's own total timeout per request, in case a request outlives the overall deadline's task.
+        return InferenceServerClient(server_address(host, port), conn_timeout=self.timeout_seconds, conn_limit=4)
 
     async def probe(self, host: str, port: int, model: str, version: str) -> PodModelReport:
-        async with self._slots:
-            self.in_flight += 1
+        """What Triton at host:port says about `version` of `model`. Returns within about
+        timeout_seconds once a slot is free; never raises for anything the server does."""
+        async with self._slot():
             try:
-                # The client's timeout bounds each request; this bounds the whole conversation.
-                return await asyncio.wait_for(self._probe(host, port, model, version),
-                                              timeout=self.timeout_seconds * 4)
-            except _NETWORK_ERRORS as error:
-                return unreachable(host, port, _describe(error))
-            finally:
-                self.in_flight -= 1
+                async with asyncio.timeout(self.timeout_seconds):
+                    return await self._probe(host, port, model, version)
+            except Exception as error:  # noqa: BLE001 - never raise for the server; CancelledError still propagates
+                detail = self._describe(error)
+                log.debug("Triton at %s:%s: %s", host, port, detail)
+                return unreachable(host, port, detail)
 
     async def _probe(self, host: str, port: int, model: str, version: str) -> PodModelReport:
-        async with InferenceServerClient(f"{host}:{port}", conn_timeout=self.timeout_seconds) as client:
+        async with self._client(host, port) as client:
             live = await client.is_server_live()
-            ready = await client.is_server_ready()
+            server_ready = await client.is_server_ready()
             if await client.is_model_ready(model, version):
-                metadata = await client.get_model_metadata(model, version)
-                config = await client.get_model_config(model, version)
-                return PodModelReport(True, live, ready, True, "", "", _signature(metadata, config))
-            reason, message = explain_not_ready(model, version, await self._index(client))
-            return PodModelReport(True, live, ready, False, reason, message)
+                try:
+                    metadata = await client.get_model_metadata(model, version)
+                    config = await client.get_model_config(model, version)
+                except InferenceServerException as error:
+                    # Unloaded between the two questions: explain it from the index like any not-ready version.
+                    log.debug("%s version %s ready, then not: %s", model, version, error.message())
+                else:
+                    return PodModelReport(True, live, server_ready, True, "", "", parse_signature(metadata, config))
+            reason, message = explain_not_ready(model, version, parse_index(await client.get_model_repository_index()))
+            return PodModelReport(True, live, server_ready, False, reason, message)
 
     async def repository_index(self, host: str, port: int) -> tuple[VersionState, ...]:
-        async with self._slots, InferenceServerClient(f"{host}:{port}", conn_timeout=self.timeout_seconds) as client:
-            return await self._index(client)
+        """Triton's repository index: (name, version, state, reason) per model version it knows of.
+        Raises TritonUnavailable (and nothing tritonclient defines) when there is no usable answer."""
+        async with self._slot():
+            try:
+                async with asyncio.timeout(self.timeout_seconds), self._client(host, port) as client:
+                    return parse_index(await client.get_model_repository_index())
+            except Exception as error:  # noqa: BLE001 - one error type out, nothing tritonclient defines
+                raise TritonUnavailable(f"Triton at {host}:{port}: {self._describe(error)}") from None
 
-    @staticmethod
-    async def _index(client: InferenceServerClient) -> tuple[VersionState, ...]:
-        rows = await client.get_model_repository_index()
-        return tuple(VersionState(r.get("name", ""), str(r.get("version", "")), r.get("state", ""),
-                                  r.get("reason", "")) for r in rows)
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, TimeoutError):  # asyncio.timeout, or aiohttp's own (ServerTimeoutError)
+            return f"no answer within {self.timeout_seconds:g}s"
+        if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, ConnectionRefusedError):
+            # Explicit mode serves no HTTP until the startup load of the model has finished.
+            return "connection refused (Triton not serving HTTP: still loading its model at startup, or not running)"
+        if isinstance(error, aiohttp.ServerDisconnectedError):
+            return "the connection closed before a response"
+        if isinstance(error, InferenceServerException):
+            return f"{first_line(error.message())} (HTTP {error.status()})"
+        if isinstance(error, (OSError, aiohttp.ClientError)):
+            return first_line(str(error)) or type(error).__name__
+        if isinstance(error, ValueError):  # invalid JSON, or _Malformed
+            return f"malformed answer: {first_line(str(error))}"
+        log.warning("unexpected error talking to Triton", exc_info=error)
+        return f"{type(error).__name__}: {first_line(str(error))}"
 
     async def close(self) -> None:
-        """Clients are opened and closed per probe; nothing is held between probes."""
+        """Nothing to release: each probe opens and closes its own client. Kept so that callers need
+        not know, and so that pooling could come back without changing them."""
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, asyncio.TimeoutError):
-        return "timed out"
-    text = str(error) or type(error).__name__
-    return text.splitlines()[0][:300]
+@dataclass(frozen=True)
+class PodTarget:
+    """Everything a cached report depends on. `container_id` is anything that changes when the Triton
+    container restarts inside the same pod (its containerID or restartCount); "" when not known."""
+
+    pod_uid: str
+    pod_ip: str
+    port: int
+    model: str
+    version: str
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
+class CachedReport:
+    target: PodTarget
+    report: PodModelReport
+
+
+def use_cached(cached: CachedReport | None, asked: PodTarget) -> bool:
+    """The cache's whole decision. A READY answer stands for as long as the same pod, at the same IP
+    (and container), is asked about the same model version; any other answer is asked again, since a
+    loading model, a restarting server or an unreachable pod will change."""
+    return cached is not None and cached.target == asked and not should_probe(cached.report)
 
 
 class ReportCache:
-    """Per-pod reports: a READY one is reused until the pod, its IP or the version changes."""
+    """Per-pod reports, so steady state asks Triton nothing. One entry per pod uid: the last answer."""
 
     def __init__(self, probe: TritonProbe) -> None:
         self.probe = probe
-        self._reports: dict[CacheKey, PodModelReport] = {}
+        self._entries: dict[str, CachedReport] = {}
 
-    async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str) -> PodModelReport:
-        key = CacheKey(pod_uid, pod_ip, model, version)
-        cached = self._reports.get(key)
-        if not should_probe(cached):
-            assert cached is not None
-            return cached
+    async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str, *,
+                     container_id: str = "") -> PodModelReport:
+        asked = PodTarget(pod_uid, pod_ip, port, model, version, container_id)
+        cached = self._entries.get(pod_uid)
+        if cached is not None and use_cached(cached, asked):
+            return cached.report
         report = await self.probe.probe(pod_ip, port, model, version)
-        self._reports = {k: v for k, v in self._reports.items() if k.pod_uid != pod_uid}
-        self._reports[key] = report
+        self._entries[pod_uid] = CachedReport(asked, report)
         return report
 
+    def cached(self, pod_uid: str) -> CachedReport | None:
+        return self._entries.get(pod_uid)
+
+    def forget(self, pod_uid: str) -> None:
+        self._entries.pop(pod_uid, None)
+
     def retain(self, live_pod_uids: set[str]) -> None:
-        self._reports = {k: v for k, v in self._reports.items() if k.pod_uid in live_pod_uids}
+        """Drop every pod not in live_pod_uids (deleted pods, or all pods of a deleted ModelDeployment)."""
+        self._entries = {uid: entry for uid, entry in self._entries.items() if uid in live_pod_uids}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def close(self) -> None:
         await self.probe.close()

@@ -1,6 +1,11 @@
 """Launch a real tritonserver (from the nvidia-pytriton wheel) with the operator's own flags.
 
 Used by tests/ (free ports) and by e2e/ (127.0.0.1:8000, where the stand-in pods' IP points).
+The server runs `tritonserver_args(...)` exactly as the Deployment renders it; the only
+additions are what a test machine needs instead of a pod: the ports (free ones unless given),
+--http-address/--grpc-address (the loopback host, never 0.0.0.0), --backend-directory (a copy
+of the wheel's backends with the python backend stub for this interpreter), one --load-model
+per extra model, and the caller's extra_args (which come last, so they win).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
-from modeldeploy.triton_flags import tritonserver_args
+from modeldeploy.triton_flags import EXIT_TIMEOUT_SECONDS, LIVENESS_PATH, tritonserver_args
 
 SIMPLE_CONFIG = """\
 name: "simple"
@@ -57,19 +64,51 @@ class TritonPythonModel:
         return []
 """
 
+# `slow` stays LOADING until a file named `release` appears in its version directory (at most
+# SLOW_MAX_SECONDS), so a test can look at a model that is loading for as long as it needs.
+SLOW_MAX_SECONDS = 30
+SLOW_MODEL = f"""\
+import os
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        release = os.path.join(args["model_repository"], args["model_version"], "release")
+        deadline = time.monotonic() + {SLOW_MAX_SECONDS}
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def _config(name: str, *, all_versions: bool = False) -> str:
+    config = SIMPLE_CONFIG.replace('"simple"', f'"{name}"')
+    return config if all_versions else config.replace("version_policy: { all { } }\n", "")
+
 
 def write_model_repository(root: Path) -> Path:
-    """`simple` (versions 1 and 2, FP32[4] → FP32[4], max batch 8) and `broken` (initialize raises)."""
+    """A python-backend model repository under root/repository:
+    `simple`  versions 1 and 2 (version_policy all), FP32[4] -> FP32[4] (x * version), max batch 8;
+    `broken`  version 1, initialize raises RuntimeError(BROKEN_ERROR);
+    `slow`    version 1, initialize waits for slow_release_path(repository) (not loaded by default)."""
     repository = Path(root) / "repository"
     for version in (1, 2):
         (repository / "simple" / str(version)).mkdir(parents=True, exist_ok=True)
         (repository / "simple" / str(version) / "model.py").write_text(SIMPLE_MODEL.format(version=version))
-    (repository / "simple" / "config.pbtxt").write_text(SIMPLE_CONFIG)
-    (repository / "broken" / "1").mkdir(parents=True, exist_ok=True)
-    (repository / "broken" / "1" / "model.py").write_text(BROKEN_MODEL)
-    (repository / "broken" / "config.pbtxt").write_text(
-        SIMPLE_CONFIG.replace('"simple"', '"broken"').replace("version_policy: { all { } }\n", ""))
+    (repository / "simple" / "config.pbtxt").write_text(_config("simple", all_versions=True))
+    for name, source in (("broken", BROKEN_MODEL), ("slow", SLOW_MODEL)):
+        (repository / name / "1").mkdir(parents=True, exist_ok=True)
+        (repository / name / "1" / "model.py").write_text(source)
+        (repository / name / "config.pbtxt").write_text(_config(name))
     return repository
+
+
+def slow_release_path(repository: Path) -> Path:
+    """Create this file to let the `slow` model finish loading; remove it to make the next load slow."""
+    return Path(repository) / "slow" / "1" / "release"
 
 
 def _site_packages() -> Path:
@@ -78,10 +117,24 @@ def _site_packages() -> Path:
     return Path(pytriton.__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def tritonserver_binary() -> Path:
+    return _site_packages() / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free right now (all held open together while choosing)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
 
 
 def _backends_with_stub(into: Path) -> Path:
@@ -91,85 +144,167 @@ def _backends_with_stub(into: Path) -> Path:
     shutil.copytree(wheel / "backends", backends)
     stub = wheel / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton has no python backend stub for Python "
+                           f"{sys.version_info.major}.{sys.version_info.minor} ({stub})")
     shutil.copy2(stub, backends / "python" / stub.name)
     return backends
 
 
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The stub runs the models with the first python on PATH: this venv's, which has numpy.
+    # (sys.executable, not resolved: a venv's python is a symlink to the base interpreter.)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    libs = str(_site_packages() / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
 @dataclass
 class TritonServer:
+    """A running tritonserver. A context manager: leaving it stops the server."""
+
     process: subprocess.Popen[bytes]
     http_port: int
     grpc_port: int
     metrics_port: int
     log_path: Path
     workdir: Path
+    model_repository: Path
     host: str = "127.0.0.1"
     args: list[str] = field(default_factory=list)
+    _final_log: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """The server's output so far (kept after stop(), which removes the working directory)."""
+        if self._final_log is not None:
+            return self._final_log
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _kill_group(self) -> None:
+        # start_new_session=True made tritonserver a process group leader; its python stubs are in the group.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        """Abrupt death (SIGKILL to tritonserver and its stubs), like a node that went away."""
+        self._kill_group()
+        self.process.wait(timeout=10)
+        self._cleanup()
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM as the kubelet sends it; SIGKILL after `timeout` seconds. Idempotent."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+                self._kill_group()
+                self.process.wait(timeout=10)
+        self._kill_group()  # any stub left behind
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._final_log is None:
+            self._final_log = self.log()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> TritonServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _is_live(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + LIVENESS_PATH, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start_tritonserver(model_repository: Path, *, http_port: int | None = None, grpc_port: int | None = None,
-                       metrics_port: int | None = None, load_models: tuple[str, ...] = ("simple", "broken"),
-                       extra_args: tuple[str, ...] = (), host: str = "127.0.0.1",
+                       metrics_port: int | None = None, load_models: Sequence[str] = ("simple", "broken"),
+                       extra_args: Sequence[str] = (), host: str = "127.0.0.1",
+                       exit_timeout_seconds: int = EXIT_TIMEOUT_SECONDS,
                        startup_timeout: float = 60.0) -> TritonServer:
-    """Start tritonserver with the operator's flags and wait until it is live (bounded)."""
-    http_port = http_port or free_port()
-    grpc_port = grpc_port or free_port()
-    metrics_port = metrics_port or free_port()
+    """Start tritonserver with the operator's flags and wait (at most startup_timeout) until it is live.
+
+    In explicit mode Triton serves HTTP only once the startup loads are over, so live means every
+    model in load_models was loaded or failed to. Ports left None are chosen free; a collision on
+    one of those (another process took it meanwhile) is retried with new ports. A port given and
+    already taken raises OSError. A server that exits or is not live in time raises RuntimeError
+    or TimeoutError with its log."""
+    if not load_models:
+        raise ValueError("load_models: name at least one model (the operator always loads one)")
     for port in (http_port, grpc_port, metrics_port):
-        with socket.socket() as sock:
-            if sock.connect_ex((host, port)) == 0:
-                raise OSError(f"port {host}:{port} is already in use")
+        if port is not None and _port_in_use(host, port):
+            raise OSError(f"port {host}:{port} is already in use")
+    auto = None in (http_port, grpc_port, metrics_port)
+    attempts = 3 if auto else 1
+    for attempt in range(1, attempts + 1):
+        chosen = iter(free_ports(3, host))
+        ports = [port if port is not None else next(chosen) for port in (http_port, grpc_port, metrics_port)]
+        try:
+            return _start(Path(model_repository), *ports, load_models=tuple(load_models), extra_args=tuple(extra_args),
+                          host=host, exit_timeout_seconds=exit_timeout_seconds, startup_timeout=startup_timeout)
+        except _AddressInUse:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _AddressInUse(OSError):
+    """tritonserver could not bind one of its ports."""
+
+
+def _start(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int, *, load_models: tuple[str, ...],
+           extra_args: tuple[str, ...], host: str, exit_timeout_seconds: int, startup_timeout: float) -> TritonServer:
     workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
-    backends = _backends_with_stub(workdir)
-    site = _site_packages()
+    try:
+        backends = _backends_with_stub(workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     args = tritonserver_args(model_repository=str(model_repository), model_name=load_models[0], http_port=http_port,
-                             grpc_port=grpc_port, metrics_port=metrics_port, exit_timeout_seconds=5)
+                             grpc_port=grpc_port, metrics_port=metrics_port, exit_timeout_seconds=exit_timeout_seconds)
     args += [f"--load-model={name}" for name in load_models[1:]]
-    args += [f"--backend-directory={backends}", f"--http-address={host}", f"--grpc-address={host}", *extra_args]
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["LD_LIBRARY_PATH"] = f"{site / 'nvidia_pytriton.libs'}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
+    args += [f"--http-address={host}", f"--grpc-address={host}", f"--backend-directory={backends}", *extra_args]
     log_path = workdir / "tritonserver.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([str(site / "pytriton" / "tritonserver" / "bin" / "tritonserver"), *args],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = TritonServer(process, http_port, grpc_port, metrics_port, log_path, workdir, host, args)
+        process = subprocess.Popen([str(tritonserver_binary()), *args], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=_environment(), start_new_session=True)
+    server = TritonServer(process, http_port, grpc_port, metrics_port, log_path, workdir, model_repository, host, args)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            server.stop()
             text = server.log()
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise RuntimeError(f"tritonserver exited with {process.returncode}:\n{text[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
+            error = _AddressInUse if "Address already in use" in text else RuntimeError
+            raise error(f"tritonserver exited with {process.returncode}:\n{text[-4000:]}")
+        if _is_live(server.url):
+            return server
         time.sleep(0.1)
-    text = server.log()
     server.stop()
-    raise TimeoutError(f"tritonserver was not live after {startup_timeout:.0f}s:\n{text[-4000:]}")
+    raise TimeoutError(f"tritonserver was not live after {startup_timeout:g}s:\n{server.log()[-4000:]}")

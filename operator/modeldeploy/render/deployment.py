@@ -13,6 +13,7 @@ from modeldeploy.triton_flags import (
     HTTP_PORT,
     LIVENESS_PATH,
     METRICS_PORT,
+    STARTUP_PATH,
     readiness_path,
     tritonserver_args,
 )
@@ -106,9 +107,13 @@ def _probes(md: ModelDeployment) -> dict[str, Any]:
     ready = {"path": readiness_path(md.model_name, md.spec.model.version), "port": "http"}
     budget = md.spec.triton.startup_timeout_seconds
     return {
-        # Ready means the *target version* is loaded: a pod whose load failed gets no traffic.
-        "startupProbe": {"httpGet": ready, "periodSeconds": STARTUP_PERIOD_SECONDS, "timeoutSeconds": 5,
+        # Triton serves no HTTP until its startup load is over (loaded or failed), so this waits for
+        # the load within the budget. Asking the version here instead would fail a failed load until
+        # the budget ran out, and the kubelet would restart the container forever (CrashLoopBackOff).
+        "startupProbe": {"httpGet": {"path": STARTUP_PATH, "port": "http"}, "periodSeconds": STARTUP_PERIOD_SECONDS,
+                         "timeoutSeconds": 5,
                          "failureThreshold": max(1, math.ceil(budget / STARTUP_PERIOD_SECONDS))},
+        # Ready means the *target version* is loaded: a pod whose load failed gets no traffic.
         "readinessProbe": {"httpGet": ready, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
         # Liveness asks only whether the server answers, so a failed model load does not crash-loop the pod.
         "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "http"}, "periodSeconds": 10,
