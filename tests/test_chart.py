@@ -1,147 +1,312 @@
-"""The Helm chart, with the real helm binary: lint, template, schema, exact least-privilege RBAC."""
+"""The Helm chart, with the real helm binary: lint, template in each mode, every object validated against
+Kubernetes' own schemas, schema refusals, the operator's RBAC exactly as permissions.py declares it.
+
+helm is found beside the venv's python (where scripts/install-helm.sh puts it) or on PATH. Without it the
+tests skip, except under CI, where a missing helm is a failure.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from modeldeploy import permissions
-from tests.support.manifests import validate_all
 from tests.support.tools import helm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "modeldeploy"
+RELEASE, HOME = "md", "modeldeploy-system"
 pytestmark = pytest.mark.helm
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+# Kinds that are not part of Kubernetes: kubernetes-validate has no schema for them.
+NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+NAMESPACED = ("--set", "rbac.scope=namespaced", "--set", "watchNamespaces={vision,nlp}")
+METRICS = ("--set", "metrics.service.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+MODES = {"default": (), "namespaced": NAMESPACED, "metrics": METRICS}
+
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
 
 
 def _helm() -> str:
     found = helm_path()
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail("helm is not installed: `make test` installs it (scripts/install-helm.sh)")
-        pytest.skip("helm is not installed; run scripts/install-helm.sh")
+            pytest.fail("helm is missing, and CI must run these tests: bash scripts/install-helm.sh .venv/bin")
+        pytest.skip("helm is not installed (bash scripts/install-helm.sh .venv/bin); CI would fail here")
     return found
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=120)
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=120, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
     return result
 
 
-def template(*values: str, namespace: str = "modeldeploy-system") -> list[dict]:
-    out = helm("template", "md", str(CHART), "--namespace", namespace, *values).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+def template(*values: str, crds: bool = False) -> list[dict[str, Any]]:
+    args = ["template", RELEASE, str(CHART), "--namespace", HOME, *values]
+    if crds:
+        args.append("--include-crds")
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
 
 
-NAMESPACED_VALUES = ("--set", "rbac.scope=namespaced", "--set", "watchNamespaces={vision,nlp}")
-METRICS_VALUES = ("--set", "metrics.service.enabled=true", "--set", "metrics.serviceMonitor.enabled=true")
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
 
 
-def test_lint():
-    helm("lint", "--strict", str(CHART))
+# --- helm itself ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_lint(mode):
+    helm("lint", "--strict", str(CHART), *MODES[mode])
 
 
-@pytest.mark.parametrize("values", [(), NAMESPACED_VALUES, METRICS_VALUES], ids=["default", "namespaced", "metrics"])
-def test_rendered_objects_are_valid_kubernetes(values):
-    docs = template(*values)
-    assert {d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "ClusterRole"}
-    validate_all(docs)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_rendered_object_is_valid_kubernetes(mode):
+    docs = template(*MODES[mode], crds=True)
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole"} <= {d["kind"] for d in docs}
+    checked = 0
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in NO_SCHEMA:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']} on Kubernetes {version}: "
+                                     f"{error.message} at {list(error.path)}") from None
+        checked += 1
+    assert checked == len([d for d in docs if (d["apiVersion"], d["kind"]) not in NO_SCHEMA])
 
 
-def test_the_chart_crd_is_the_generated_crd():
+@pytest.mark.parametrize(("api_version", "kind"), sorted(NO_SCHEMA))
+def test_only_kinds_without_a_kubernetes_schema_are_skipped(api_version, kind):
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}},
+                                     KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_the_chart_supports_kubernetes_1_27_and_later():
+    assert helm("template", RELEASE, str(CHART), "--kube-version", "1.27.0").returncode == 0
+    refused = helm("template", RELEASE, str(CHART), "--kube-version", "1.26.9", check=False)
+    assert refused.returncode != 0 and "kubeVersion" in refused.stderr
+
+
+def test_app_version_is_the_package_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["apiVersion"] == "v2" and chart["kubeVersion"] == ">=1.27.0-0"
+    assert chart["appVersion"] == project["version"]
+    (container,) = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"].endswith(f":{project['version']}")
+
+
+def test_the_chart_crd_is_the_repository_crd_byte_for_byte():
     assert (CHART / "crds" / "modeldeployments.yaml").read_bytes() == (ROOT / "crds" / "modeldeployments.yaml").read_bytes()
+    assert [p.name for p in (CHART / "crds").iterdir()] == ["modeldeployments.yaml"]
 
 
-def test_operator_deployment_is_locked_down():
-    (deployment,) = [d for d in template() if d["kind"] == "Deployment"]
+# --- the operator's Deployment ------------------------------------------------------------------
+
+def test_the_operator_deployment_is_locked_down():
+    deployment = one(template(), "Deployment")
     spec = deployment["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["serviceAccountName"] == one(template(), "ServiceAccount")["metadata"]["name"]
     (container,) = pod["containers"]
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    probe = container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert container["args"] == ["--health-port=8080"]
+    # The only writable path is an emptyDir at /tmp.
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = container["volumeMounts"]
+    assert "emptyDir" in volumes[mount["name"]]
 
 
-def test_namespaced_mode_passes_the_namespaces_to_the_operator():
-    (deployment,) = [d for d in template(*NAMESPACED_VALUES) if d["kind"] == "Deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "--health-port=8080", "--namespace=vision", "--namespace=nlp"]
+def test_the_operator_runs_modeldeploy_run():
+    (container,) = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["modeldeploy"]
+    assert container["args"] == ["run", "--health-port", "8080"]  # no --namespace: every namespace
 
 
-def _grants(docs: list[dict], kinds: set[str], *, exclude_suffixes=("-edit", "-view")) -> dict[str, set]:
-    """(apiGroup, resource, verb) triples granted by the operator's roles, per role name."""
-    out: dict[str, set] = {}
-    for doc in docs:
-        if doc["kind"] not in kinds or doc["metadata"]["name"].endswith(exclude_suffixes):
-            continue
-        key = f"{doc['kind']}/{doc['metadata'].get('namespace', '')}/{doc['metadata']['name']}"
-        for rule in doc["rules"]:
-            for part in ("apiGroups", "resources", "verbs"):
-                assert "*" not in rule[part], f"wildcard in {key}"
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    out.setdefault(key, set()).update((group, resource, verb) for verb in rule["verbs"])
+def test_namespaced_mode_passes_each_namespace_to_the_operator():
+    (container,) = one(template(*NAMESPACED), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["run", "--health-port", "8080", "--namespace", "vision", "--namespace", "nlp"]
+
+
+def test_values_reach_the_deployment():
+    deployment = one(template("--set", "image.repository=registry.example/md", "--set", "image.tag=1.2.3",
+                              "--set", "resources.limits.memory=1Gi", "--set", "healthPort=9090"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/md:1.2.3"
+    assert container["resources"]["limits"] == {"memory": "1Gi"}
+    assert container["args"][1:3] == ["--health-port", "9090"] and container["ports"][0]["containerPort"] == 9090
+
+
+# --- RBAC: exactly permissions.py ------------------------------------------------------------------
+
+Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def _roles(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+
+
+def _is_user_role(role: dict[str, Any]) -> bool:
+    """The aggregated roles for people: recognised by their aggregation labels, never by name."""
+    return any(key.startswith(AGGREGATE) for key in (role["metadata"].get("labels") or {}))
+
+
+def _grants(role: dict[str, Any]) -> set[Grant]:
+    out: set[Grant] = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames/nonResourceURLs
+        out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     return out
 
 
-def _declared(*groups: tuple[permissions.Permission, ...]) -> set:
+def _declared(*groups: tuple[permissions.Permission, ...]) -> set[Grant]:
     return {(p.api_group, p.resource, verb) for group in groups for p in group for verb in p.verbs}
 
 
-def test_cluster_mode_grants_exactly_what_the_code_uses():
-    grants = _grants(template(), {"ClusterRole", "Role"})
-    assert list(grants.values()) == [_declared(permissions.NAMESPACED, permissions.CLUSTER,
-                                               permissions.CLUSTER_WIDE_ONLY)]
+def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
 
 
-def test_namespaced_mode_grants_exactly_what_the_code_uses():
-    docs = template(*NAMESPACED_VALUES)
-    roles = _grants(docs, {"Role"})
-    assert sorted(roles) == ["Role/nlp/md-modeldeploy", "Role/vision/md-modeldeploy"]
-    assert all(granted == _declared(permissions.NAMESPACED) for granted in roles.values())
-    assert list(_grants(docs, {"ClusterRole"}).values()) == [_declared(permissions.CLUSTER)]
+@pytest.mark.parametrize("mode", MODES)
+def test_no_wildcards_anywhere(mode):
+    for role in _roles(template(*MODES[mode])):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in item for item in rule[field]), (_key(role), rule)
+
+
+def test_permissions_py_is_well_formed():
+    """What the comparisons below rely on: no wildcard, every verb a real one, no resource twice."""
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+    for group in (permissions.NAMESPACED, permissions.CLUSTER, permissions.CLUSTER_WIDE_ONLY):
+        keys = [(p.api_group, p.resource) for p in group]
+        assert len(keys) == len(set(keys))
+        for p in group:
+            assert p.verbs and p.verbs <= verbs and "*" not in p.resource and "*" not in p.api_group, p
+    assert all(not p.cluster_scoped for p in permissions.NAMESPACED)
+    assert all(p.cluster_scoped for p in permissions.CLUSTER + permissions.CLUSTER_WIDE_ONLY)
+
+
+def test_cluster_mode_grants_exactly_what_the_code_declares():
+    docs = template()
+    operator_roles = [r for r in _roles(docs) if not _is_user_role(r)]
+    assert [_key(r) for r in operator_roles] == [("ClusterRole", "", "md-modeldeploy")]
+    assert _grants(operator_roles[0]) == _declared(permissions.NAMESPACED, permissions.CLUSTER,
+                                                   permissions.CLUSTER_WIDE_ONLY)
+    _assert_bound(docs, {("ClusterRole", "md-modeldeploy")})
+
+
+def test_namespaced_mode_grants_exactly_what_the_code_declares():
+    docs = template(*NAMESPACED)
+    operator_roles = {_key(r): r for r in _roles(docs) if not _is_user_role(r)}
+    assert set(operator_roles) == {("Role", "vision", "md-modeldeploy"), ("Role", "nlp", "md-modeldeploy"),
+                                   ("ClusterRole", "", "md-modeldeploy-discovery")}
+    for key, role in operator_roles.items():
+        expected = _declared(permissions.CLUSTER) if key[0] == "ClusterRole" else _declared(permissions.NAMESPACED)
+        assert _grants(role) == expected, key
+    _assert_bound(docs, {("Role", "md-modeldeploy"), ("ClusterRole", "md-modeldeploy-discovery")})
+    assert {b["metadata"].get("namespace") for b in docs if b["kind"] == "RoleBinding"} == {"vision", "nlp"}
+
+
+def _assert_bound(docs: list[dict[str, Any]], roles: set[tuple[str, str]]) -> None:
+    """Each operator role is bound to the operator's ServiceAccount, and nothing else is bound."""
+    account = one(docs, "ServiceAccount")["metadata"]
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-    assert {b["subjects"][0]["name"] for b in bindings} == {"md-modeldeploy"}
+    assert {(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings} == roles
+    for binding in bindings:
+        assert binding["roleRef"]["apiGroup"] == "rbac.authorization.k8s.io"
+        assert (binding["kind"] == "RoleBinding") == (binding["roleRef"]["kind"] == "Role")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": account["namespace"]}]
 
 
-def test_user_roles_name_the_scale_and_status_subresources():
-    docs = {d["metadata"]["name"]: d for d in template() if d["kind"] == "ClusterRole"}
-    edit = {r for rule in docs["md-modeldeploy-edit"]["rules"] for r in rule["resources"]}
-    assert edit == {"modeldeployments", "modeldeployments/scale", "modeldeployments/status"}
-    assert docs["md-modeldeploy-edit"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
-    assert docs["md-modeldeploy-view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+def test_user_roles_are_aggregated_and_name_the_subresources():
+    roles = {r["metadata"]["name"]: r for r in _roles(template()) if _is_user_role(r)}
+    assert set(roles) == {"md-modeldeploy-edit", "md-modeldeploy-view"}
+    edit, view = roles["md-modeldeploy-edit"], roles["md-modeldeploy-view"]
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "admin", AGGREGATE + "edit"}
+    assert {k for k in view["metadata"]["labels"] if k.startswith(AGGREGATE)} == {AGGREGATE + "view"}
+    resources = {"modeldeployments", "modeldeployments/status", "modeldeployments/scale"}
+    read = {"get", "list", "watch"}
+    assert _grants(view) == {("modeldeploy.dev", r, v) for r in resources for v in read}
+    granted = _grants(edit)
+    assert {r for _, r, _ in granted} == resources and {g for g, _, _ in granted} == {"modeldeploy.dev"}
+    assert {v for _, r, v in granted if r == "modeldeployments"} == read | {
+        "create", "update", "patch", "delete", "deletecollection"}
+    assert {v for _, r, v in granted if r == "modeldeployments/scale"} == {"get", "update", "patch"}
+    assert {v for _, r, v in granted if r == "modeldeployments/status"} == read  # only the operator writes it
+    # They are for people: nothing binds them to the operator.
+    assert not [b for b in template() if b.get("roleRef", {}).get("name") in roles]
 
 
-def test_metrics_service_and_monitor():
-    docs = {d["kind"]: d for d in template(*METRICS_VALUES)}
-    assert docs["Service"]["spec"]["ports"][0]["port"] == 8080
-    assert docs["ServiceMonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert "Service" not in {d["kind"] for d in template()}
+def test_user_roles_can_be_left_out():
+    assert not [r for r in _roles(template("--set", "rbac.aggregateToDefaultRoles=false")) if _is_user_role(r)]
 
+
+# --- optional metrics objects ---------------------------------------------------------------------
+
+def test_metrics_service_and_service_monitor():
+    assert not {"Service", "ServiceMonitor"} & {d["kind"] for d in template()}
+    docs = template(*METRICS, "--set", "metrics.serviceMonitor.labels.release=prometheus")
+    service, monitor = one(docs, "Service"), one(docs, "ServiceMonitor")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics",
+                                         "protocol": "TCP"}]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0] == {"port": "http-metrics", "path": "/metrics", "interval": "30s"}
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    only_service = {d["kind"] for d in template("--set", "metrics.service.enabled=true")}
+    assert "Service" in only_service and "ServiceMonitor" not in only_service
+
+
+# --- values.schema.json refuses what would be a mistake ------------------------------------------
 
 @pytest.mark.parametrize(("values", "message"), [
-    (("--set", "rbac.scope=everywhere"), "/rbac/scope"),
-    (("--set", "rbac.scope=namespaced"), "/watchNamespaces"),
-    (("--set", "image.tagg=1"), "tagg"),
-    (("--set", "healthPort=80"), "/healthPort"),
-    (("--set", "watchNamespaces={Bad_NS}"), "/watchNamespaces/0"),
+    ({"rbac": {"scope": "everywhere"}}, "scope"),
+    ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),  # namespaced needs namespaces
+    ({"watchNamespaces": ["vision"]}, "watchNamespaces"),  # cluster scope serves every namespace
+    ({"rbac": {"scope": "namespaced"}, "watchNamespaces": ["Bad_NS"]}, "watchNamespaces"),
+    ({"image": {"tagg": "1"}}, "tagg"),  # a typo at any depth
+    ({"replicas": 2}, "replicas"),  # not a value of this chart: one operator at a time
+    ({"metrics": {"serviceMonitor": {"enabled": "yes-please"}}}, "enabled"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
+    ({"resources": {"limits": {"memroy": "1Gi"}}}, "memroy"),
+    ({"healthPort": 80}, "healthPort"),
+    ({"tolerations": [{"key": "nvidia.com/gpu", "efect": "NoSchedule"}]}, "efect"),
 ])
 def test_values_that_break_the_schema_are_refused(values, message, tmp_path):
-    result = helm("template", "md", str(CHART), *values, check=False)
-    assert result.returncode != 0 and message in result.stderr, result.stderr
-    bad = tmp_path / "bad-values.yaml"
-    bad.write_text("metrics:\n  serviceMonitor:\n    enabled: yes-please\n")
-    refused = helm("lint", str(CHART), "-f", str(bad), check=False)
-    assert refused.returncode != 0
+    bad = tmp_path / "values.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    for command in ("template", "lint"):
+        args = [command, RELEASE, str(CHART)] if command == "template" else [command, str(CHART)]
+        result = helm(*args, "-f", str(bad), check=False)
+        assert result.returncode != 0, f"helm {command} accepted {values}"
+        assert message in result.stderr + result.stdout, result.stderr

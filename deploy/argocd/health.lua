@@ -1,6 +1,8 @@
 -- Argo CD health check for modeldeploy.dev/ModelDeployment.
--- Reads the operator's status: observedGeneration first, then the Degraded, Ready and Progressing
--- conditions. Install: argocd-cm key resource.customizations.health.modeldeploy.dev_ModelDeployment.
+-- Install as argocd-cm key resource.customizations.health.modeldeploy.dev_ModelDeployment
+-- (deploy/argocd/argocd-cm-patch.yaml holds this exact text; a test keeps the two identical).
+-- Reads only what the operator promises: status.observedGeneration and the Degraded, Ready and
+-- Progressing conditions, whose types never disappear between releases.
 local hs = {}
 
 local function condition(kind)
@@ -16,24 +18,35 @@ local function condition(kind)
 end
 
 local function describe(c)
-  if c.message ~= nil and c.message ~= "" then
-    return c.reason .. ": " .. c.message
+  local reason = c.reason or ""
+  local message = c.message or ""
+  if reason ~= "" and message ~= "" then
+    return reason .. ": " .. message
   end
-  return c.reason
+  if message ~= "" then
+    return message
+  end
+  return reason
 end
 
-if obj.status == nil or obj.status.observedGeneration == nil then
+local generation = nil
+if obj.metadata ~= nil then
+  generation = obj.metadata.generation
+end
+
+-- 1. The status must describe the spec Argo CD just applied.
+if obj.status == nil or obj.status.observedGeneration == nil or
+    (generation ~= nil and obj.status.observedGeneration < generation) then
   hs.status = "Progressing"
-  hs.message = "Waiting for the modeldeploy operator to report status"
+  if generation ~= nil then
+    hs.message = "Waiting for the operator to observe generation " .. generation
+  else
+    hs.message = "Waiting for the operator to report status"
+  end
   return hs
 end
 
-if obj.metadata.generation ~= nil and obj.status.observedGeneration < obj.metadata.generation then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the operator to observe generation " .. obj.metadata.generation
-  return hs
-end
-
+-- 2. Something is wrong: the reason names it (Unschedulable, CrashLoopBackOff, RolledBack, ...).
 local degraded = condition("Degraded")
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
@@ -41,19 +54,15 @@ if degraded ~= nil and degraded.status == "True" then
   return hs
 end
 
+-- 3. The target version serves on enough pods, and Triton says so.
 local ready = condition("Ready")
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message
+  hs.message = describe(ready)
   return hs
 end
 
-if obj.spec ~= nil and obj.spec.replicas == 0 and obj.spec.autoscaling == nil then
-  hs.status = "Suspended"
-  hs.message = "Scaled to zero replicas"
-  return hs
-end
-
+-- 4. A version rollout or rolling update is under way.
 local progressing = condition("Progressing")
 if progressing ~= nil and progressing.status == "True" then
   hs.status = "Progressing"
@@ -61,6 +70,14 @@ if progressing ~= nil and progressing.status == "True" then
   return hs
 end
 
+-- 5. Scaled to zero on purpose (no autoscaler owns the replica count).
+if obj.spec ~= nil and obj.spec.replicas == 0 and obj.spec.autoscaling == nil then
+  hs.status = "Suspended"
+  hs.message = "Scaled to zero replicas"
+  return hs
+end
+
+-- 6. Not ready yet, nothing wrong: say what Ready is waiting for.
 hs.status = "Progressing"
 if ready ~= nil then
   hs.message = describe(ready)

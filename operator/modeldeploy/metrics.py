@@ -1,67 +1,120 @@
-"""Operator metrics (Prometheus) and the /healthz endpoint, on one small HTTP server."""
+"""Operator metrics (Prometheus) and the /healthz endpoint, on one small HTTP server.
+
+Every metric lives in a CollectorRegistry of its own, never prometheus_client's global one: the
+operator's /metrics shows exactly these, and tests can build a fresh `OperatorMetrics()` to start
+from zero. The module-level functions act on the operator's instance, `DEFAULT`.
+
+    modeldeploy_reconcile_total{result}            counter    result: ok | invalid | deleted | error
+    modeldeploy_reconcile_duration_seconds         histogram  reconciles that finished (errors are not timed)
+    modeldeploy_reconcile_errors_total{reason}     counter    failed reconciles (retried with backoff)
+    modeldeploy_objects{condition,status}          gauge      ModelDeployments by condition type and status
+    modeldeploy_triton_probes_total{result}        counter    result: ready | not_ready | unreachable
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+log = logging.getLogger(__name__)
 
-RECONCILES = Counter("modeldeploy_reconcile_total", "Reconciles by result (ok, invalid, deleted, error).",
-                     ["result"], registry=REGISTRY)
-RECONCILE_SECONDS = Histogram("modeldeploy_reconcile_duration_seconds", "Time one reconcile took.",
-                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-                              registry=REGISTRY)
-RECONCILE_ERRORS = Counter("modeldeploy_reconcile_errors_total", "Failed reconciles (retried with backoff) by reason.",
-                           ["reason"], registry=REGISTRY)
-OBJECTS = Gauge("modeldeploy_objects", "ModelDeployments by condition type and status.", ["condition", "status"],
-                registry=REGISTRY)
-TRITON_PROBES = Counter("modeldeploy_triton_probes_total",
-                        "Questions to Triton about a pod's model version, by answer (ready, not_ready, unreachable).",
-                        ["result"], registry=REGISTRY)
+RECONCILE_RESULTS = ("ok", "invalid", "deleted", "error")
+PROBE_RESULTS = ("ready", "not_ready", "unreachable")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MAX_REASON_LENGTH = 64  # reasons are CamelCase words; cap them so a bad one cannot bloat the label set
 
-_objects_lock = threading.Lock()
-_object_labels: set[tuple[str, str]] = set()
+
+class OperatorMetrics:
+    """The operator's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reconciles = Counter("modeldeploy_reconcile_total", "Reconciles by result (ok, invalid, deleted, error).",
+                                  ["result"], registry=self.registry)
+        self.reconcile_seconds = Histogram("modeldeploy_reconcile_duration_seconds",
+                                           "Time a finished reconcile took (failed ones are counted, not timed).",
+                                           buckets=DURATION_BUCKETS, registry=self.registry)
+        self.reconcile_errors = Counter("modeldeploy_reconcile_errors_total",
+                                        "Failed reconciles (retried with backoff), by reason.",
+                                        ["reason"], registry=self.registry)
+        self.objects = Gauge("modeldeploy_objects", "ModelDeployments by condition type and status.",
+                             ["condition", "status"], registry=self.registry)
+        self.triton_probes = Counter("modeldeploy_triton_probes_total",
+                                     "Questions to Triton about a pod's model version, by answer.",
+                                     ["result"], registry=self.registry)
+        # Known label values exist from the start at 0, so rate() and absent() behave from the first scrape.
+        for result in RECONCILE_RESULTS:
+            self.reconciles.labels(result=result)
+        for result in PROBE_RESULTS:
+            self.triton_probes.labels(result=result)
+        self._objects_lock = threading.Lock()
+        self._object_labels: set[tuple[str, str]] = set()
+
+    def observe_reconcile(self, seconds: float, result: str, error_reason: str = "") -> None:
+        if result not in RECONCILE_RESULTS:
+            raise ValueError(f"reconcile result {result!r} is not one of {', '.join(RECONCILE_RESULTS)}")
+        self.reconciles.labels(result=result).inc()
+        if result == "error":
+            reason = (error_reason or "Unknown")[:MAX_REASON_LENGTH]
+            self.reconcile_errors.labels(reason=reason).inc()
+        else:
+            self.reconcile_seconds.observe(max(seconds, 0.0))
+
+    def set_object_conditions(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Replace the gauge with this full snapshot: a (condition, status) pair absent from it now reads 0."""
+        with self._objects_lock:
+            for condition, status in self._object_labels - set(counts):
+                self.objects.labels(condition=condition, status=status).set(0)
+            for (condition, status), count in counts.items():
+                self.objects.labels(condition=condition, status=status).set(count)
+            self._object_labels.update(counts)
+
+    def record_triton_probe(self, result: str) -> None:
+        if result not in PROBE_RESULTS:
+            raise ValueError(f"probe result {result!r} is not one of {', '.join(PROBE_RESULTS)}")
+        self.triton_probes.labels(result=result).inc()
+
+    def render_latest(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+DEFAULT = OperatorMetrics()
+REGISTRY = DEFAULT.registry
 
 
 def observe_reconcile(seconds: float, result: str, error_reason: str = "") -> None:
-    RECONCILES.labels(result=result).inc()
-    if result == "error":
-        RECONCILE_ERRORS.labels(reason=error_reason or "Unknown").inc()
-    else:
-        RECONCILE_SECONDS.observe(seconds)
+    """Count one reconcile; time it unless it failed; count a failure under its reason."""
+    DEFAULT.observe_reconcile(seconds, result, error_reason)
 
 
 def set_object_conditions(counts: Mapping[tuple[str, str], int]) -> None:
-    """Replace the whole gauge with this snapshot, so label sets that no longer occur read 0."""
-    with _objects_lock:
-        for labels in _object_labels - set(counts):
-            OBJECTS.labels(condition=labels[0], status=labels[1]).set(0)
-        for (condition, status), count in counts.items():
-            OBJECTS.labels(condition=condition, status=status).set(count)
-        _object_labels.update(counts)
+    """{(condition type, status): number of ModelDeployments} for all of them; pairs left out read 0."""
+    DEFAULT.set_object_conditions(counts)
 
 
 def record_triton_probe(result: str) -> None:
-    TRITON_PROBES.labels(result=result).inc()
+    DEFAULT.record_triton_probe(result)
 
 
 def render_latest() -> bytes:
-    return generate_latest(REGISTRY)
+    """The Prometheus text exposition of the operator's metrics."""
+    return DEFAULT.render_latest()
 
 
-@dataclass
 class MetricsServer:
-    server: ThreadingHTTPServer
-    thread: threading.Thread
+    """A running /metrics + /healthz server: `.port` (the bound one, useful with port 0) and `.stop()`."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
 
     @property
     def port(self) -> int:
-        return self.server.server_address[1]
+        return int(self.server.server_address[1])
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -69,19 +122,28 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0", *,
-                         health: Callable[[], bool] = lambda: True) -> MetricsServer:
-    """/metrics (Prometheus text) and /healthz (200 ok, or 503 when `health` says no)."""
+def start_metrics_server(port: int, host: str = "0.0.0.0", *, health: Callable[[], bool] = lambda: True,
+                         metrics: OperatorMetrics | None = None) -> MetricsServer:
+    """Serve GET /metrics (Prometheus text) and GET /healthz (200 "ok" while `health()` is true, else 503)
+    on a daemon thread. Port 0 picks a free port."""
+    source = metrics or DEFAULT
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path == "/metrics":
-                self._reply(200, render_latest(), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                ok = health()
+        server_version = "modeldeploy"
+
+        def do_GET(self) -> None:  # http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, source.render_latest(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                try:
+                    ok = bool(health())
+                except Exception:  # a broken health check is an unhealthy operator, not a crashed server
+                    log.exception("health check raised")
+                    ok = False
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy: reconcile workers stalled\n")
             else:
-                self._reply(404, b"not found\n")
+                self._reply(404, b"not found: try /metrics or /healthz\n")
 
         def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)
@@ -90,8 +152,8 @@ def start_metrics_server(port: int, host: str = "0.0.0.0", *,
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass  # probes every few seconds would flood the log
+        def log_message(self, format: str, *args: object) -> None:  # http.server's signature
+            pass  # kubelet probes every few seconds would flood the log
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

@@ -1,3 +1,10 @@
+{{/* Names and labels: one place for them. */}}
+
+{{- define "modeldeploy.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-modeldeploy, or just <release> when the release name already contains the chart's. */}}
 {{- define "modeldeploy.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
@@ -7,16 +14,23 @@
 {{- end -}}
 
 {{- define "modeldeploy.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "modeldeploy.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{- define "modeldeploy.labels" -}}
+{{/* Labels of every object, less app.kubernetes.io/component. */}}
+{{- define "modeldeploy.commonLabels" -}}
 {{ include "modeldeploy.selectorLabels" . }}
-app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: modeldeploy
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+
+{{/* Labels of the operator's objects. */}}
+{{- define "modeldeploy.labels" -}}
+{{ include "modeldeploy.commonLabels" . }}
+app.kubernetes.io/component: operator
 {{- end -}}
 
 {{- define "modeldeploy.serviceAccountName" -}}
@@ -27,7 +41,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{/* The operator's namespaced permissions: modeldeploy.permissions.NAMESPACED, written out (tests compare). */}}
+{{- define "modeldeploy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+The operator's RBAC rules, written out: Helm cannot read operator/modeldeploy/permissions.py, so
+tests/test_chart.py compares every rendered rule with it, both ways (nothing missing, nothing extra).
+*/}}
+
+{{/* permissions.NAMESPACED: a Role per watched namespace, or part of the ClusterRole. */}}
 {{- define "modeldeploy.namespacedRules" -}}
 - apiGroups: ["modeldeploy.dev"]
   resources: ["modeldeployments"]
@@ -64,14 +87,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["create"]
 {{- end -}}
 
-{{/* modeldeploy.permissions.CLUSTER: kopf discovers the resource through its CRD. */}}
+{{/* permissions.CLUSTER, in both scopes: kopf discovers the ModelDeployment resource through its CRD. */}}
 {{- define "modeldeploy.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- end -}}
 
-{{/* modeldeploy.permissions.CLUSTER_WIDE_ONLY: kopf follows namespaces when serving all of them. */}}
+{{/* permissions.CLUSTER_WIDE_ONLY, in cluster scope only. */}}
 {{- define "modeldeploy.clusterWideOnlyRules" -}}
 - apiGroups: [""]
   resources: ["namespaces"]
