@@ -73,10 +73,10 @@ def test_and_nothing_else(installed):
     home, watched, account = installed
     extra = [f"{verb} {p.resource}" for p in permissions.NAMESPACED for verb in ALL_VERBS
              if verb not in p.verbs and can_i(account, verb, p, watched)]
-    # Nothing in a namespace it does not serve, no Secret beyond `get`, no namespaces in this mode.
+    # Nothing in a namespace it does not serve, no Secret beyond `get`, no namespaces.
     if can_i(account, "get", "deployments.apps", home):
         extra.append(f"get deployments in {home}, which it does not serve")
     extra += [f"{verb} secrets" for verb in ("list", "watch") if can_i(account, verb, "secrets", watched)]
     if can_i(account, "list", "namespaces", None):
-        extra.append("list namespaces (only needed cluster-wide)")
+        extra.append("list namespaces (kopf needs them only for namespace patterns)")
     assert extra == []

@@ -204,21 +204,20 @@ def test_no_wildcards_anywhere(mode):
 def test_permissions_py_is_well_formed():
     """What the comparisons below rely on: no wildcard, every verb a real one, no resource twice."""
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
-    for group in (permissions.NAMESPACED, permissions.CLUSTER, permissions.CLUSTER_WIDE_ONLY):
+    for group in (permissions.NAMESPACED, permissions.CLUSTER):
         keys = [(p.api_group, p.resource) for p in group]
         assert len(keys) == len(set(keys))
         for p in group:
             assert p.verbs and p.verbs <= verbs and "*" not in p.resource and "*" not in p.api_group, p
     assert all(not p.cluster_scoped for p in permissions.NAMESPACED)
-    assert all(p.cluster_scoped for p in permissions.CLUSTER + permissions.CLUSTER_WIDE_ONLY)
+    assert all(p.cluster_scoped for p in permissions.CLUSTER)
 
 
 def test_cluster_mode_grants_exactly_what_the_code_declares():
     docs = template()
     operator_roles = [r for r in _roles(docs) if not _is_user_role(r)]
     assert [_key(r) for r in operator_roles] == [("ClusterRole", "", "md-modeldeploy")]
-    assert _grants(operator_roles[0]) == _declared(permissions.NAMESPACED, permissions.CLUSTER,
-                                                   permissions.CLUSTER_WIDE_ONLY)
+    assert _grants(operator_roles[0]) == _declared(permissions.NAMESPACED, permissions.CLUSTER)
     _assert_bound(docs, {("ClusterRole", "md-modeldeploy")})
 
 

@@ -35,8 +35,8 @@ NAMESPACED: tuple[Permission, ...] = (
        "server-side apply of the HPA; delete it when autoscaling is removed"),
     _p("policy", "poddisruptionbudgets", "get list watch patch delete",
        "server-side apply of the PDB; delete it when the budget is removed"),
-    _p("monitoring.coreos.com", "servicemonitors", "get list watch patch delete",
-       "optional ServiceMonitor for Triton's metrics"),
+    _p("monitoring.coreos.com", "servicemonitors", "get patch delete",
+       "optional ServiceMonitor for Triton's metrics (read, applied and deleted by name; not watched)"),
     _p("", "pods", "list watch", "surface Unschedulable/CrashLoopBackOff reasons and probe Triton at pod IPs"),
     _p("", "secrets", "get", "check that spec.model.credentialsSecret exists before rolling it out"),
     _p("", "persistentvolumeclaims", "get", "check that a pvc:// repository's claim exists"),
@@ -48,13 +48,10 @@ CLUSTER: tuple[Permission, ...] = (
     _p("apiextensions.k8s.io", "customresourcedefinitions", "list watch",
        "kopf discovers the ModelDeployment resource", cluster_scoped=True),
 )
+# Not namespaces: kopf lists them only to expand namespace patterns, which we never pass (it
+# serves all namespaces, or exactly the ones named, and falls back to those names on a 403).
 
-# Cluster-scoped, only when serving all namespaces.
-CLUSTER_WIDE_ONLY: tuple[Permission, ...] = (
-    _p("", "namespaces", "list watch", "kopf follows namespaces when serving all of them", cluster_scoped=True),
-)
-
-ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER + CLUSTER_WIDE_ONLY
+ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER
 
 
 def allowed(api_group: str, resource: str, verb: str) -> bool:

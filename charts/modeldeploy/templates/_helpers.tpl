@@ -72,7 +72,7 @@ tests/test_chart.py compares every rendered rule with it, both ways (nothing mis
   verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
@@ -94,9 +94,3 @@ tests/test_chart.py compares every rendered rule with it, both ways (nothing mis
   verbs: ["list", "watch"]
 {{- end -}}
 
-{{/* permissions.CLUSTER_WIDE_ONLY, in cluster scope only. */}}
-{{- define "modeldeploy.clusterWideOnlyRules" -}}
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
-{{- end -}}
