@@ -232,3 +232,15 @@ def test_a_container_still_loading_is_not_asked_and_a_restart_is_a_new_question(
     restarted["status"]["containerStatuses"] = [{"name": "triton", "state": {"running": {}}, "started": True,
                                                  "containerID": "containerd://2"}]
     assert is_running(started) and container_id(started) != container_id(restarted)
+
+
+def test_a_blocked_spec_is_not_called_a_rollout():
+    status = derive_status(md(), Observed(problem=Problem("SecretNotFound", "Secret vision/s3 not found")), {}, NOW)
+    progressing = conditions(status)["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("False", "SecretNotFound")
+
+
+def test_the_deadline_message_is_said_once():
+    observed = Observed(deployment=deployment(replicas=2, updated=1, deadline_exceeded=True), pods=[])
+    message = conditions(derive_status(md(), observed, {}, NOW))["Ready"]["message"]
+    assert message.count("has timed out progressing") == 1

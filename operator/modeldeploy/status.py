@@ -332,7 +332,7 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
     elif deployment is not None and desired == 0:
         ready = (False, "ScaledToZero", "replicas is 0: no pod serves the model")
     elif not progress.complete:
-        detail = f"; {degraded.message}" if degraded else ""
+        detail = f"; {degraded.message}" if degraded and degraded.message != progress.message else ""
         ready = (False, degraded.reason if degraded else "RolloutInProgress",
                  f"rolling out version {target}: {progress.message}{detail}")
     elif not verdict.ready:
@@ -347,7 +347,11 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         available_cond = (available.get("status", "Unknown"), available.get("reason") or "Unknown",
                           available.get("message", ""))
 
-    if failed_version and md.spec.rollout.auto_rollback and current and current != failed_version:
+    if observed.problem is not None and observed.problem.blocks_apply:
+        # Nothing is being rolled out: the spec could not be applied at all.
+        phase = "Failed" if deployment is None else "Idle"
+        progressing = ("False", observed.problem.reason, observed.problem.message)
+    elif failed_version and md.spec.rollout.auto_rollback and current and current != failed_version:
         phase = "RolledBack" if progress.complete else "Progressing"
         progressing = ("False", "RolledBack", f"version {failed_version} was rolled back to {current}") \
             if progress.complete else ("True", "RollingBack", f"rolling back to version {current}: {progress.message}")
