@@ -74,6 +74,12 @@ async def test_kopf_bookkeeping_lives_under_our_prefix(state):
     assert settings.persistence.progress_storage.prefix == "modeldeploy.dev"
     assert settings.persistence.diffbase_storage.prefix == "modeldeploy.dev"
     assert settings.posting.enabled is False
+    from kopf._cogs.structs.references import Resource
+
+    pods = Resource("", "v1", "pods", namespaced=True)
+    models = Resource("modeldeploy.dev", "v1alpha1", "modeldeployments", namespaced=True)
+    assert settings.watching.label_selectors.collect(pods) == ["app.kubernetes.io/managed-by=modeldeploy"]
+    assert settings.watching.label_selectors.collect(models) == []
 
 
 def test_handlers_have_explicit_ids_and_are_event_handlers_only():

@@ -102,6 +102,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=naming.PREFIX)
     settings.posting.enabled = False  # our reconciler posts its own, deliberate events
+    # Handler label filters are applied in the operator; these make the API server filter instead,
+    # so the operator streams only its own children, not every Pod and Service in the cluster.
+    for group, version, plural in CHILD_WATCHES:
+        settings.watching.label_selectors[group, version, plural] = naming.MANAGED_SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     state = _state()
