@@ -9,7 +9,6 @@ import pytest
 
 from modeldeploy import FIELD_MANAGER, permissions
 from modeldeploy.intent import replicas_owned_by_others
-from modeldeploy import permissions
 from modeldeploy.kube import (
     DEPLOYMENT,
     HPA,

@@ -77,23 +77,33 @@ class Rule:
     holds: Callable[[Any], bool]
 
 
-class ApiModel(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields refused."""
+def enforce(rules: tuple[Rule, ...], obj: Any) -> None:
+    """Raise the first broken rule's message as a validation error."""
+    for rule in rules:
+        if not rule.holds(obj):
+            raise PydanticCustomError("rule", rule.message)
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              validate_default=True)
-    rules: ClassVar[tuple[Rule, ...]] = ()
 
-    @model_validator(mode="after")
-    def _check_rules(self) -> ApiModel:
-        for rule in type(self).rules:
-            if not rule.holds(self):
-                raise PydanticCustomError("rule", rule.message)
-        return self
+class CamelModel(BaseModel):
+    """camelCase on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
     def wire(self) -> dict[str, Any]:
         """The object as it is written in YAML: camelCase, unset optional fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ApiModel(CamelModel):
+    """Base for every API object: unknown fields refused, cross-field rules checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        enforce(type(self).rules, self)
+        return self
 
 
 # --- spec ----------------------------------------------------------------------------------
@@ -407,9 +417,7 @@ class ModelDeployment(BaseModel):
 
     @model_validator(mode="after")
     def _check_root_rules(self) -> ModelDeployment:
-        for rule in ROOT_RULES:
-            if not rule.holds(self):
-                raise PydanticCustomError("rule", rule.message)
+        enforce(ROOT_RULES, self)
         return self
 
     @property
@@ -443,13 +451,10 @@ ROOT_RULES = (
 
 # --- status --------------------------------------------------------------------------------
 
-class StatusModel(BaseModel):
-    """Status objects: camelCase, written by the operator only."""
+class StatusModel(CamelModel):
+    """Status objects, written by the operator only."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+    model_config = ConfigDict(extra="ignore")
 
 
 # Reconciling and Stalled are kstatus's conditions, so Flux (and kpt, cli-utils) read us right.

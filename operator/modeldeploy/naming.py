@@ -43,6 +43,11 @@ def object_labels(name: str, model_version: str) -> dict[str, str]:
     }
 
 
+def child_metadata(name: str, namespace: str, model_version: str, **extra: object) -> dict[str, object]:
+    """metadata of a child: named like its ModelDeployment, with the recommended labels."""
+    return {"name": name, "namespace": namespace, "labels": object_labels(name, model_version), **extra}
+
+
 def owner_of(labels: dict[str, str] | None) -> str | None:
     """The ModelDeployment a child belongs to, judged by its labels (ownerReferences decide ownership)."""
     labels = labels or {}

@@ -436,6 +436,3 @@ def invalid_status(generation: int | None, name: str, problem: Problem, previous
     return {**kept, "observedGeneration": generation, "selector": naming.selector_string(name),
             "conditions": _merge_conditions(previous.get("conditions") or [], fresh, now)}
 
-
-def status_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return dict(previous) != dict(new)

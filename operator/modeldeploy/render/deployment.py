@@ -246,5 +246,5 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     })
     return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": md.name, "namespace": md.namespace, "labels": labels},
+            "metadata": naming.child_metadata(md.name, md.namespace, version),
             "spec": deployment_spec}

@@ -11,11 +11,6 @@ from modeldeploy.api import ModelDeployment
 QUEUE_TIME_METRIC = "nv_inference_queue_duration_us"
 
 
-def _metadata(md: ModelDeployment) -> dict[str, Any]:
-    return {"name": md.name, "namespace": md.namespace,
-            "labels": naming.object_labels(md.name, md.spec.model.version)}
-
-
 def render_hpa(md: ModelDeployment) -> dict[str, Any] | None:
     scaling = md.spec.autoscaling
     if scaling is None:
@@ -37,7 +32,8 @@ def render_hpa(md: ModelDeployment) -> dict[str, Any] | None:
     }
     if scaling.behavior:
         spec["behavior"] = scaling.behavior
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _metadata(md),
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version),
             "spec": spec}
 
 
@@ -52,4 +48,5 @@ def render_pdb(md: ModelDeployment) -> dict[str, Any] | None:
         spec["minAvailable"] = budget.min_available
     # A crash-looping Triton pod must not block node drains.
     spec["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(md), "spec": spec}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version), "spec": spec}

@@ -9,16 +9,12 @@ from modeldeploy.api import ModelDeployment
 from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
-def _metadata(md: ModelDeployment, **extra: Any) -> dict[str, Any]:
-    return {"name": md.name, "namespace": md.namespace,
-            "labels": naming.object_labels(md.name, md.spec.model.version), **extra}
-
-
 def render_service(md: ModelDeployment) -> dict[str, Any]:
     annotations = dict(sorted(md.spec.service.annotations.items()))
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": _metadata(md, **({"annotations": annotations} if annotations else {})),
+        "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version,
+                                          **({"annotations": annotations} if annotations else {})),
         "spec": {
             "type": md.spec.service.type,
             "selector": naming.selector_labels(md.name),
@@ -37,7 +33,7 @@ def render_service_monitor(md: ModelDeployment) -> dict[str, Any] | None:
         return None
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-        "metadata": _metadata(md),
+        "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version),
         "spec": {
             "selector": {"matchLabels": naming.selector_labels(md.name)},
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": md.spec.monitoring.interval}],
