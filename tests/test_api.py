@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import celpy
 import pytest
 
@@ -46,40 +48,64 @@ def test_each_rule_refuses_with_its_message(path, value, message):
     assert any(message in problem for problem in caught.value.problems), caught.value.problems
 
 
-def _evaluate(rule: str, value) -> bool:
+def evaluate_cel(rule: str, value) -> bool:
+    """One CEL rule with `self` bound to value, by a real CEL evaluator (raises celpy.CELEvalError)."""
     env = celpy.Environment()
     return bool(env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(value)}))
 
 
-def failing_cel_messages(schema: dict, value) -> list[str]:
-    """Walk value with its schema as the API server does: apply defaults, then run every node's rules."""
+def failing_cel_messages(schema: dict, value, *, apply_defaults: bool = True) -> list[str]:
+    """Walk value with its schema as the API server does and run every node's rules, the nodes below first.
+
+    apply_defaults: value is an object being written, so the schema's defaults fill in missing properties
+    before the rules run. Without it value is taken as written: that is how the API server checks a
+    `default:` of the CRD itself, with none of the defaults nested in it applied.
+    A rule that fails gives its message; a rule that cannot be evaluated (e.g. `no such key`) refuses the
+    value too, as on the API server, with the error instead of the message.
+    """
     failed: list[str] = []
     if isinstance(value, dict) and "properties" in schema:
         value = dict(value)
         for key, prop in schema["properties"].items():
-            if key not in value and "default" in prop:
+            if apply_defaults and key not in value and "default" in prop:
                 value[key] = prop["default"]
             if key in value:
-                failed += failing_cel_messages(prop, value[key])
-                value[key] = _defaulted(prop, value[key])
+                failed += failing_cel_messages(prop, value[key], apply_defaults=apply_defaults)
+                if apply_defaults:
+                    value[key] = defaulted(prop, value[key])
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for item in value.values():
+            failed += failing_cel_messages(schema["additionalProperties"], item, apply_defaults=apply_defaults)
     elif isinstance(value, list) and "items" in schema:
         for item in value:
-            failed += failing_cel_messages(schema["items"], item)
-    failed += [r["message"] for r in schema.get("x-kubernetes-validations", []) if not _evaluate(r["rule"], value)]
+            failed += failing_cel_messages(schema["items"], item, apply_defaults=apply_defaults)
+    for rule in schema.get("x-kubernetes-validations", []):
+        try:
+            if not evaluate_cel(rule["rule"], value):
+                failed.append(rule["message"])
+        except celpy.CELEvalError as error:
+            failed.append(f"{_cel_error(error)} evaluating rule: {rule['rule']}")
     return failed
 
 
-def _defaulted(schema: dict, value):
+def _cel_error(error: celpy.CELEvalError) -> str:
+    """An evaluation error as the API server words it: `no such key: maxSurge` for a missing field."""
+    missing = re.findall(r"no such member in mapping: \\*'(\w+)", str(error))
+    return "; ".join(f"no such key: {key}" for key in dict.fromkeys(missing)) or str(error.args[0])
+
+
+def defaulted(schema: dict, value):
+    """value with the schema's defaults filled in, at every depth, as the API server stores it."""
     if isinstance(value, dict) and "properties" in schema:
         out = dict(value)
         for key, prop in schema["properties"].items():
             if key not in out and "default" in prop:
                 out[key] = prop["default"]
             if key in out:
-                out[key] = _defaulted(prop, out[key])
+                out[key] = defaulted(prop, out[key])
         return out
     if isinstance(value, list) and "items" in schema:
-        return [_defaulted(schema["items"], item) for item in value]
+        return [defaulted(schema["items"], item) for item in value]
     return value
 
 
@@ -158,5 +184,5 @@ def test_parse_quantity(text, value):
 def test_root_rule_holds_only_for_dns_labels():
     rule = ROOT_RULES[0]
     assert rule.holds(ModelDeployment.model_construct(metadata=type("M", (), {"name": "resnet50"})()))
-    assert _evaluate(rule.cel, {"metadata": {"name": "resnet50"}})
-    assert not _evaluate(rule.cel, {"metadata": {"name": "Resnet50"}})
+    assert evaluate_cel(rule.cel, {"metadata": {"name": "resnet50"}})
+    assert not evaluate_cel(rule.cel, {"metadata": {"name": "Resnet50"}})

@@ -51,6 +51,17 @@ def _validations(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
     return [{"rule": r.cel, "message": r.message} for r in rules]
 
 
+def _without_empty_collections(value: dict[str, Any]) -> dict[str, Any]:
+    """value less its empty lists and maps, at every depth (the object itself may end up empty)."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _without_empty_collections(item)
+        if not (isinstance(item, dict | list) and not item):
+            out[key] = item
+    return out
+
+
 def _is_int_or_string(options: list[dict[str, Any]]) -> bool:
     return sorted(o.get("type", "") for o in options) == ["integer", "string"]
 
@@ -109,15 +120,22 @@ class _Converter:
 
     @staticmethod
     def default_nested_objects(cls: type[BaseModel], out: dict[str, Any]) -> None:
-        """`default: {}` for nested objects that always exist (their pydantic default is a factory).
+        """Nested objects that always exist (their pydantic default is a factory) default to the whole object.
 
-        Without it the API server applies no nested defaults when the parent is absent. Objects whose
-        absence means something (autoscaling, disruptionBudget) default to None and stay absent.
+        Without a default the API server applies no nested defaults when the parent is absent. And the
+        default is the object with its own defaults filled in, not `{}`: the API server evaluates every CEL
+        rule against every `default:` as written, without applying the defaults nested in it, so `{}` for
+        rollout fails its rule with `no such key: maxSurge` and the CRD is refused. The value is what
+        pydantic's default instance dumps (by alias, without None), less empty collections, which the
+        schema never defaults either: leaving the object out stores exactly what writing `{}` would.
+        Objects whose absence means something (autoscaling, disruptionBudget) default to None and stay absent.
         """
         for name, field in cls.model_fields.items():
             factory = field.default_factory
             if isinstance(factory, type) and issubclass(factory, BaseModel):
-                out["properties"][field.alias or name]["default"] = {}
+                instance = factory()
+                out["properties"][field.alias or name]["default"] = _without_empty_collections(
+                    instance.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
     def convert_siblings(self, node: dict[str, Any]) -> dict[str, Any]:
         """Keys beside a $ref/anyOf (description, default) apply to the property itself."""
