@@ -18,7 +18,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modeldeploy import permissions
+from kubernetes import client as k8s_client
+
+from modeldeploy import GROUP, PLURAL, permissions
+from modeldeploy.cluster import KubernetesCluster
+from modeldeploy.kube import CHILD_KINDS, ApiError
+from modeldeploy.naming import owner_reference
 from tests.support.tools import helm_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +236,75 @@ def test_namespaced_mode_grants_exactly_what_the_code_declares():
         assert _grants(role) == expected, key
     _assert_bound(docs, {("Role", "md-modeldeploy"), ("ClusterRole", "md-modeldeploy-discovery")})
     assert {b["metadata"].get("namespace") for b in docs if b["kind"] == "RoleBinding"} == {"vision", "nlp"}
+
+
+# Server-side apply that creates an object is authorized as create as well as patch, and an ownerReference
+# with blockOwnerDeletion needs update on the owner's finalizers (OwnerReferencesPermissionEnforcement):
+# without these the chart's operator could apply nothing on a real API server.
+APPLIED = [(kind.group, kind.plural, verb) for kind in CHILD_KINDS for verb in ("patch", "create")]
+FINALIZERS = (GROUP, f"{PLURAL}/finalizers", "update")
+
+
+def test_every_kind_the_operator_applies_is_declared_with_create_and_patch():
+    assert set(APPLIED) <= _declared(permissions.NAMESPACED)
+    assert permissions.APPLY_VERBS == {"patch", "create"}
+    for kind in CHILD_KINDS:
+        permissions.require_apply(kind.group, kind.plural, [owner_reference("resnet50", "uid")])
+    # Patched but never applied: the status subresource (a JSON patch, never a create).
+    patched_not_created = {(p.api_group, p.resource) for p in permissions.NAMESPACED
+                           if "patch" in p.verbs and "create" not in p.verbs}
+    assert patched_not_created == {(GROUP, f"{PLURAL}/status")}
+
+
+def test_owner_references_that_block_deletion_are_declared_with_update_on_finalizers():
+    assert owner_reference("resnet50", "uid")["blockOwnerDeletion"] is True
+    assert FINALIZERS in _declared(permissions.NAMESPACED)
+    why = {p.resource: p.why for p in permissions.NAMESPACED}[f"{PLURAL}/finalizers"]
+    assert "blockOwnerDeletion" in why and "OwnerReferencesPermissionEnforcement" in why
+
+
+@pytest.mark.parametrize("mode", ["default", "namespaced"])
+def test_the_chart_grants_apply_create_and_owner_finalizers(mode):
+    operator_roles = [r for r in _roles(template(*MODES[mode])) if not _is_user_role(r)]
+    for role in operator_roles:
+        if role["kind"] == "Role" or mode == "default":
+            assert {*APPLIED, FINALIZERS} <= _grants(role), _key(role)
+
+
+def _without(api_group: str, resource: str, verb: str) -> tuple[permissions.Permission, ...]:
+    return tuple(permissions.Permission(p.api_group, p.resource, p.verbs - {verb}, p.cluster_scoped, p.why)
+                 if (p.api_group, p.resource) == (api_group, resource) else p for p in permissions.ALL)
+
+
+@pytest.mark.parametrize("missing", [
+    None, ("apps", "deployments", "create"), ("apps", "deployments", "patch"), FINALIZERS,
+], ids=["declared", "create", "patch", "finalizers"])
+async def test_the_cluster_boundary_requires_all_an_apply_needs(monkeypatch, missing):
+    """The boundary asks permissions.py for everything an apply needs, so the list and the code cannot drift."""
+    if missing:
+        monkeypatch.setattr(permissions, "ALL", _without(*missing))
+    obj = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "resnet50", "namespace": "vision",
+                        "ownerReferences": [owner_reference("resnet50", "uid")]}}
+    # Nothing listens there: a call that gets past the check is sent, and fails with 503.
+    cluster = KubernetesCluster(k8s_client.Configuration(host="http://127.0.0.1:9"))
+    try:
+        if missing:
+            with pytest.raises(permissions.UndeclaredAPICall, match=f"{missing[2]} {missing[1]}"):
+                await cluster.apply(obj)
+        else:
+            with pytest.raises(ApiError) as unreachable:
+                await cluster.apply(obj)
+            assert unreachable.value.status == 503
+    finally:
+        cluster.close()
+
+
+def test_an_owner_reference_to_another_kind_that_blocks_deletion_is_undeclared():
+    other = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u", "blockOwnerDeletion": True}
+    with pytest.raises(permissions.UndeclaredAPICall, match="ReplicaSet"):
+        permissions.require_apply("apps", "deployments", [other])
+    permissions.require_apply("apps", "deployments", [{**other, "blockOwnerDeletion": False}])
 
 
 def _assert_bound(docs: list[dict[str, Any]], roles: set[tuple[str, str]]) -> None:

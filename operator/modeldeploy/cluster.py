@@ -273,8 +273,9 @@ class KubernetesCluster:
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         kind = _kind_of(obj)
-        permissions.require(kind.group, kind.plural, "patch")
         meta = obj.get("metadata") or {}
+        # An apply that creates the object needs create as well as patch (and owner references, finalizers).
+        permissions.require_apply(kind.group, kind.plural, meta.get("ownerReferences"))
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         if dry_run:
             query.append(("dryRun", "All"))

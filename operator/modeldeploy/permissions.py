@@ -1,4 +1,6 @@
-"""Every Kubernetes API call the operator makes, declared once.
+"""Every Kubernetes API call the operator makes, declared once, with every verb the API server
+checks for it: a server-side apply that creates an object is also authorized as `create`, and
+an ownerReference with blockOwnerDeletion needs `update` on the owner's finalizers.
 
 The cluster boundary refuses a call that is not declared here, and the Helm chart's RBAC
 rules are tested against this list in both directions (nothing missing, nothing extra).
@@ -8,8 +10,9 @@ So this is the operator's least-privilege contract.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from modeldeploy import GROUP, PLURAL
+from modeldeploy import GROUP, KIND, PLURAL
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,28 @@ def _p(group: str, resource: str, verbs: str, why: str, cluster_scoped: bool = F
     return Permission(group, resource, frozenset(verbs.split()), cluster_scoped, why)
 
 
+# Server-side apply is a PATCH, but one that creates the object when it does not exist yet, and
+# the API server then authorizes it as `create` as well as `patch`. The cluster boundary requires
+# both for every apply (require_apply), so a kind it applies must be declared with both.
+APPLY_VERBS = frozenset({"patch", "create"})
+
 # Namespaced permissions: a Role in each watched namespace, or the ClusterRole in cluster-wide mode.
 NAMESPACED: tuple[Permission, ...] = (
     _p(GROUP, PLURAL, "get list watch", "watch ModelDeployments (kopf) and read them when reconciling"),
     _p(GROUP, f"{PLURAL}/status", "patch", "status is written only through the status subresource"),
-    _p("apps", "deployments", "get list watch patch", "server-side apply of the Triton Deployment; watch it"),
-    _p("", "services", "get list watch patch", "server-side apply of the Service; watch it"),
-    _p("autoscaling", "horizontalpodautoscalers", "get list watch patch delete",
-       "server-side apply of the HPA; delete it when autoscaling is removed"),
-    _p("policy", "poddisruptionbudgets", "get list watch patch delete",
-       "server-side apply of the PDB; delete it when the budget is removed"),
-    _p("monitoring.coreos.com", "servicemonitors", "get patch delete",
+    _p(GROUP, f"{PLURAL}/finalizers", "update",
+       "children's ownerReferences set blockOwnerDeletion: true, which the OwnerReferencesPermissionEnforcement "
+       "admission plugin (OpenShift, hardened clusters) allows only to a writer that may update the owner's "
+       "finalizers; the operator never writes finalizers"),
+    _p("apps", "deployments", "get list watch patch create",
+       "server-side apply of the Triton Deployment (create: the apply that first makes it); watch it"),
+    _p("", "services", "get list watch patch create",
+       "server-side apply of the Service (create: the apply that first makes it); watch it"),
+    _p("autoscaling", "horizontalpodautoscalers", "get list watch patch create delete",
+       "server-side apply of the HPA (create: the apply that first makes it); delete it when autoscaling is removed"),
+    _p("policy", "poddisruptionbudgets", "get list watch patch create delete",
+       "server-side apply of the PDB (create: the apply that first makes it); delete it when the budget is removed"),
+    _p("monitoring.coreos.com", "servicemonitors", "get patch create delete",
        "optional ServiceMonitor for Triton's metrics (read, applied and deleted by name; not watched)"),
     _p("", "pods", "list watch", "surface Unschedulable/CrashLoopBackOff reasons and probe Triton at pod IPs"),
     _p("", "secrets", "get", "check that spec.model.credentialsSecret exists before rolling it out"),
@@ -66,3 +80,21 @@ def require(api_group: str, resource: str, verb: str) -> None:
     if not allowed(api_group, resource, verb):
         raise UndeclaredAPICall(
             f"{verb} {resource}.{api_group or 'core'} is not declared in modeldeploy.permissions")
+
+
+def require_apply(api_group: str, resource: str, owner_references: list[dict[str, Any]] | None = None) -> None:
+    """A server-side apply of a resource, with the object's ownerReferences.
+
+    The apply may create the object, so it needs `create` as well as `patch`. An ownerReference with
+    blockOwnerDeletion needs `update` on the owner's finalizers (OwnerReferencesPermissionEnforcement);
+    the operator's objects are only ever owned by a ModelDeployment.
+    """
+    for verb in sorted(APPLY_VERBS):
+        require(api_group, resource, verb)
+    for ref in owner_references or ():
+        if not ref.get("blockOwnerDeletion"):
+            continue
+        if (ref.get("apiVersion", "").split("/")[0], ref.get("kind")) != (GROUP, KIND):
+            raise UndeclaredAPICall(f"an ownerReference to a {ref.get('kind')} ({ref.get('apiVersion')}) that "
+                                    "blocks deletion is not declared in modeldeploy.permissions")
+        require(GROUP, f"{PLURAL}/finalizers", "update")
