@@ -14,6 +14,7 @@ import pytest
 from modeldeploy.api import CONDITION_TYPES
 from modeldeploy.kube import DEPLOYMENT, HPA, MODEL_DEPLOYMENT, PDB, SERVICE, SERVICE_MONITOR, ApiError
 from modeldeploy.reconciler import POLL_FIRST_SECONDS, Reconciler
+from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.triton import ReportCache, TritonProbe
 from tests.support.deployment_controller import rolling, settle
 from tests.support.fake_cluster import FakeCluster
@@ -182,6 +183,80 @@ async def test_removing_the_budget_deletes_the_pdb(fake, reconciler):
     await reconciler.reconcile(NS, "simple")
     assert fake.get_now(PDB, NS, "simple") is None
     assert any(e["reason"] == "Deleted" for e in fake.events)
+
+
+# --- an API server without PodDisruptionBudget.spec.unhealthyPodEvictionPolicy ----------------
+
+OLD_SERVER = ServerCapabilities(pdb_unhealthy_pod_eviction_policy=False)
+
+
+class OldApiServer(FakeCluster):
+    """The fake as a Kubernetes 1.24/1.25 API server: server-side apply of a PDB that sets
+    unhealthyPodEvictionPolicy fails the way kube-apiserver fails it (a 500 Status, no reason)."""
+
+    async def apply(self, obj, *, dry_run=False):
+        if obj["kind"] == "PodDisruptionBudget" and "unhealthyPodEvictionPolicy" in obj.get("spec", {}):
+            meta = obj["metadata"]
+            raise ApiError(500, "InternalError", f"failed to create typed patch object ({meta['namespace']}/"
+                                                 f"{meta['name']}; policy/v1, Kind=PodDisruptionBudget): "
+                                                 f".spec.unhealthyPodEvictionPolicy: field not declared in schema")
+        return await super().apply(obj, dry_run=dry_run)
+
+
+@pytest.fixture()
+async def make_reconciler(tritonserver):
+    """Reconcilers against a given cluster, as the operator builds them after discovery."""
+    probe = TritonProbe(timeout_seconds=2.0)
+
+    def make(cluster, capabilities=ServerCapabilities()):
+        return Reconciler(cluster, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock(),
+                          capabilities=capabilities)
+
+    yield make
+    await probe.close()
+
+
+async def test_an_old_api_server_gets_pdbs_without_the_field_and_no_steady_state_writes(make_reconciler):
+    fake = OldApiServer()
+    reconciler = make_reconciler(fake, OLD_SERVER)
+    fake.create(md_object(autoscaling={"maxReplicas": 3, "targetQueueTimeMicroseconds": 100},
+                          disruptionBudget={"maxUnavailable": 1}))
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert outcome.applied == ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+    pdb = fake.get_now(PDB, NS, "simple")
+    assert "unhealthyPodEvictionPolicy" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] == 1
+    settle(fake, NS, "simple")
+    await reconciler.reconcile(NS, "simple")
+    assert condition(fake, "Ready")["status"] == "True"
+    fake.reset_counters()
+    for _ in range(3):
+        await reconciler.reconcile(NS, "simple")
+    assert fake.writes == [] and fake.events == []
+
+
+async def test_without_the_capability_the_old_server_fails_the_whole_reconcile(make_reconciler):
+    """What the capability prevents: the PDB's dry run fails the reconcile, nothing is applied."""
+    fake = OldApiServer()
+    fake.create(md_object(disruptionBudget={"maxUnavailable": 1}))
+    with pytest.raises(ApiError, match="field not declared in schema"):
+        await make_reconciler(fake).reconcile(NS, "simple")
+    assert fake.get_now(DEPLOYMENT, NS, "simple") is None and fake.writes == []
+
+
+async def test_learning_the_field_after_an_upgrade_applies_only_the_pdb_once(fake, make_reconciler):
+    """The operator restarted after the control plane was upgraded: the PDB gains the field in one
+    apply (its intent hash changed), and the steady state is write-free again."""
+    fake.create(md_object(disruptionBudget={"minAvailable": 1}))
+    await converge(fake, make_reconciler(fake, OLD_SERVER))
+    assert "unhealthyPodEvictionPolicy" not in fake.get_now(PDB, NS, "simple")["spec"]
+    after = make_reconciler(fake, ServerCapabilities())
+    fake.reset_counters()
+    outcome = await after.reconcile(NS, "simple")
+    assert outcome.applied == ["PodDisruptionBudget"]
+    assert fake.get_now(PDB, NS, "simple")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    fake.reset_counters()
+    await after.reconcile(NS, "simple")
+    assert fake.writes == []
 
 
 # --- problems from pods and from Triton --------------------------------------------------

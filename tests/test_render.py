@@ -12,12 +12,14 @@ import tarfile
 import threading
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from modeldeploy import naming
 from modeldeploy.errors import parse_model_deployment
 from modeldeploy.render import render_children, render_manifests
+from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import FETCH_SCRIPT
 from modeldeploy.triton_flags import EXIT_TIMEOUT_SECONDS
 from tests.support.manifests import by_kind, validate_all
@@ -228,6 +230,56 @@ def test_pdb(budget, field):
     assert pdb["spec"][field] == next(iter(budget.values()))
     assert pdb["spec"]["selector"] == {"matchLabels": naming.selector_labels("resnet50")}
     validate_all([pdb])
+
+
+def test_pdb_lets_unhealthy_pods_be_evicted_where_the_server_supports_it():
+    pdb = render(minimal(disruptionBudget={"maxUnavailable": 1}))["PodDisruptionBudget"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    validate_all([pdb])
+    # Kubernetes 1.25 has no such field: this is the PDB an old API server refuses.
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pdb, "1.25.0", strict=True)
+
+
+# An API server before Kubernetes 1.27: no usable PodDisruptionBudget.spec.unhealthyPodEvictionPolicy.
+OLD_SERVER = ServerCapabilities(pdb_unhealthy_pod_eviction_policy=False)
+OLD_SERVER_VERSIONS = ("1.25.0", "1.26.0", kubernetes_validate.latest_version())
+
+
+@pytest.mark.parametrize(("budget", "field"), [({"maxUnavailable": 1}, "maxUnavailable"),
+                                              ({"minAvailable": "50%"}, "minAvailable")])
+def test_pdb_without_unhealthy_pod_eviction_policy_on_an_old_server(budget, field):
+    md = parse_model_deployment(minimal(disruptionBudget=budget))
+    pdb = by_kind(render_manifests(md, capabilities=OLD_SERVER))["PodDisruptionBudget"]
+    assert "unhealthyPodEvictionPolicy" not in pdb["spec"]
+    assert pdb["spec"] == {"selector": {"matchLabels": naming.selector_labels("resnet50")},
+                           field: next(iter(budget.values()))}
+    for version in OLD_SERVER_VERSIONS:
+        kubernetes_validate.validate(pdb, version, strict=True)
+
+
+@pytest.mark.parametrize("doc", [*load_examples(), minimal(disruptionBudget={"minAvailable": 1})],
+                         ids=lambda d: d["metadata"]["name"])
+def test_every_example_renders_valid_manifests_for_an_old_server(doc):
+    md = parse_model_deployment(doc)
+    old, full = render_manifests(md, capabilities=OLD_SERVER), render_manifests(md)
+    for manifest in old:
+        if manifest["kind"] != "ServiceMonitor":
+            for version in OLD_SERVER_VERSIONS:
+                kubernetes_validate.validate(manifest, version, strict=True)
+    # Only the PDB differs, and only by the field the old server lacks.
+    for before, after in zip(full, old, strict=True):
+        if before["kind"] == "PodDisruptionBudget":
+            before = {**before, "spec": {k: v for k, v in before["spec"].items() if k != "unhealthyPodEvictionPolicy"}}
+        assert before == after
+
+
+def test_render_without_a_cluster_assumes_every_field_is_supported():
+    md = parse_model_deployment(minimal(disruptionBudget={"maxUnavailable": 1}))
+    assert render_manifests(md) == render_manifests(md, capabilities=ServerCapabilities())
+    assert render_children(md, replicas=1) == render_children(md, replicas=1, capabilities=ServerCapabilities())
+    assert render_children(md, replicas=1, capabilities=OLD_SERVER)["PodDisruptionBudget"]["spec"] == {
+        "selector": {"matchLabels": naming.selector_labels("resnet50")}, "maxUnavailable": 1}
 
 
 def test_service_monitor_scrapes_the_metrics_port():

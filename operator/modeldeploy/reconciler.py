@@ -30,6 +30,7 @@ from modeldeploy.kube import (
     Kind,
 )
 from modeldeploy.render import render_children
+from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import pvc_claim
 from modeldeploy.status import (
     Observed,
@@ -89,9 +90,12 @@ class Outcome:
 
 class Reconciler:
     def __init__(self, cluster: Cluster, health: ModelHealth, *, triton_port: int = HTTP_PORT,
-                 clock: Callable[[], str] = utc_now) -> None:
+                 clock: Callable[[], str] = utc_now,
+                 capabilities: ServerCapabilities = ServerCapabilities()) -> None:
         self.cluster = cluster
         self.health = health
+        # What the API server supports of the optional fields we render; learnt once at startup.
+        self.capabilities = capabilities
         self.triton_port = triton_port
         self.clock = clock
         self._poll: dict[tuple[str, str], float] = {}  # current poll interval of objects that are not Ready
@@ -120,7 +124,8 @@ class Reconciler:
                 False))
 
         desired = render_children(md.with_model_version(serving_version(md, previous)),
-                                  replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid)
+                                  replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid,
+                                  capabilities=self.capabilities)
         if not monitor_kind_installed:
             desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
 

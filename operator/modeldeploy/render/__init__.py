@@ -6,6 +6,7 @@ from typing import Any
 
 from modeldeploy import naming
 from modeldeploy.api import ModelDeployment
+from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import render_deployment
 from modeldeploy.render.scaling import render_hpa, render_pdb
 from modeldeploy.render.service import render_service, render_service_monitor
@@ -18,18 +19,18 @@ def default_replicas(md: ModelDeployment) -> int:
     return md.spec.replicas
 
 
-def render_children(md: ModelDeployment, *, replicas: int | None = None,
-                    owner_uid: str | None = None) -> dict[str, dict[str, Any] | None]:
+def render_children(md: ModelDeployment, *, replicas: int | None = None, owner_uid: str | None = None,
+                    capabilities: ServerCapabilities = ServerCapabilities()) -> dict[str, dict[str, Any] | None]:
     """Every child by kind; None marks a kind that must not exist (e.g. HPA with autoscaling off).
 
     `replicas` None with autoscaling on leaves the count to the HPA; offline callers pass
-    default_replicas(md).
+    default_replicas(md). Optional fields the API server lacks (`capabilities`) are left out.
     """
     children: dict[str, dict[str, Any] | None] = {
         "Deployment": render_deployment(md, replicas=replicas),
         "Service": render_service(md),
         "HorizontalPodAutoscaler": render_hpa(md),
-        "PodDisruptionBudget": render_pdb(md),
+        "PodDisruptionBudget": render_pdb(md, capabilities),
         "ServiceMonitor": render_service_monitor(md),
     }
     if owner_uid:
@@ -39,7 +40,10 @@ def render_children(md: ModelDeployment, *, replicas: int | None = None,
     return children
 
 
-def render_manifests(md: ModelDeployment) -> list[dict[str, Any]]:
-    """What `modeldeploy render` prints: the children that exist, in apply order."""
-    children = render_children(md, replicas=default_replicas(md), owner_uid=md.metadata.uid)
+def render_manifests(md: ModelDeployment, *,
+                     capabilities: ServerCapabilities = ServerCapabilities()) -> list[dict[str, Any]]:
+    """What `modeldeploy render` prints: the children that exist, in apply order (by default for a
+    server that supports every optional field)."""
+    children = render_children(md, replicas=default_replicas(md), owner_uid=md.metadata.uid,
+                               capabilities=capabilities)
     return [c for c in children.values() if c is not None]

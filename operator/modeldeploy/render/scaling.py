@@ -6,6 +6,7 @@ from typing import Any
 
 from modeldeploy import naming
 from modeldeploy.api import ModelDeployment
+from modeldeploy.render.capabilities import ServerCapabilities
 
 # Triton's queue time as a Pods metric, served to the HPA by a metrics adapter (README: Autoscaling).
 QUEUE_TIME_METRIC = "nv_inference_queue_duration_us"
@@ -37,7 +38,7 @@ def render_hpa(md: ModelDeployment) -> dict[str, Any] | None:
             "spec": spec}
 
 
-def render_pdb(md: ModelDeployment) -> dict[str, Any] | None:
+def render_pdb(md: ModelDeployment, capabilities: ServerCapabilities = ServerCapabilities()) -> dict[str, Any] | None:
     budget = md.spec.disruption_budget
     if budget is None:
         return None
@@ -46,7 +47,9 @@ def render_pdb(md: ModelDeployment) -> dict[str, Any] | None:
         spec["maxUnavailable"] = budget.max_unavailable
     else:
         spec["minAvailable"] = budget.min_available
-    # A crash-looping Triton pod must not block node drains.
-    spec["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
+    if capabilities.pdb_unhealthy_pod_eviction_policy:
+        # A crash-looping Triton pod must not block node drains. Servers before Kubernetes 1.27
+        # refuse (or drop) the field: there the PDB is applied without it.
+        spec["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version), "spec": spec}
