@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +20,7 @@ from kubernetes import client as k8s_client
 from modeldeploy import permissions
 from modeldeploy.cluster import POOL_SIZE, KubernetesCluster
 from modeldeploy.kube import DEPLOYMENT, HPA, POD, SECRET, SERVICE, SERVICE_MONITOR, ApiError
+from modeldeploy.render.capabilities import OpenAPIUnreadable, ServerCapabilities
 
 NS = "vision"
 TOKEN = "t0ken"
@@ -328,6 +330,64 @@ async def test_an_event_is_swallowed_when_the_server_is_unreachable(caplog):
     with caplog.at_level(logging.WARNING, logger="modeldeploy.cluster"):
         await cluster.post_event(model_deployment(), "Normal", "Created", "x")
     assert "could not post event" in caplog.text
+
+
+# --- discovery: what the API server supports ------------------------------------------------
+
+OPENAPI = Path(__file__).parent / "fixtures" / "openapi"
+V3_POLICY, V2 = "/openapi/v3/apis/policy/v1", "/openapi/v2"
+
+
+def openapi(name: str) -> dict[str, Any]:
+    return json.loads((OPENAPI / name).read_text())
+
+
+async def test_capabilities_come_from_the_policy_group_of_openapi_v3(server, cluster):
+    server.answer("GET", V3_POLICY, 200, openapi("v3-1.27-policy-v1.json"))
+    assert await cluster.server_capabilities() == ServerCapabilities()
+    (request,) = server.requests  # the small per-group document only, never the whole v2
+    assert (request["method"], request["path"], request["query"]) == ("GET", V3_POLICY, {})
+    assert request["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert request["headers"]["accept"] == "application/json"
+
+
+async def test_without_openapi_v3_capabilities_come_from_v2(server, cluster):
+    # Kubernetes before 1.24 (or v3 turned off): the v3 path is the plain "404 page not found".
+    server.answer("GET", V2, 200, openapi("v2-1.24.json"))
+    assert await cluster.server_capabilities() == ServerCapabilities(pdb_unhealthy_pod_eviction_policy=False)
+    assert [r["path"] for r in server.requests] == [V3_POLICY, V2]
+
+
+async def test_an_alpha_field_counts_as_missing(server, cluster):
+    server.answer("GET", V2, 200, openapi("v2-1.26.json"))
+    assert not (await cluster.server_capabilities()).pdb_unhealthy_pod_eviction_policy
+
+
+async def test_discovery_needs_no_declared_permission_but_a_refusal_is_an_error(server, cluster):
+    # Non-resource URLs: the built-in system:discovery role lets every authenticated user read them,
+    # so modeldeploy.permissions declares (and the chart grants) nothing for them.
+    assert not any("openapi" in p.resource for p in permissions.ALL)
+    refusal = status(403, "Forbidden", 'forbidden: User "system:anonymous" cannot get path "/openapi/v2"', {})
+    server.answer("GET", V3_POLICY, 403, refusal)
+    server.answer("GET", V2, 403, refusal)
+    with pytest.raises(ApiError) as refused:
+        await cluster.server_capabilities()
+    assert (refused.value.status, refused.value.reason) == (403, "Forbidden")
+    assert "/openapi/v2" in refused.value.message
+
+
+async def test_a_document_without_the_schema_is_unreadable(server, cluster):
+    server.answer("GET", V2, 200, {"swagger": "2.0", "definitions": {}})
+    with pytest.raises(OpenAPIUnreadable):
+        await cluster.server_capabilities()
+
+
+async def test_discovery_against_an_unreachable_server_is_service_unavailable():
+    cluster = make_cluster(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ApiError) as refused:
+        await cluster.server_capabilities()
+    assert refused.value.status == 503
+    cluster.close()
 
 
 # --- errors and permissions ---------------------------------------------------------------

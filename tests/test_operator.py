@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import urllib.error
@@ -13,8 +14,9 @@ import yaml
 
 from modeldeploy import metrics
 from modeldeploy import operator as op
-from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD
+from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD, ApiError
 from modeldeploy.reconciler import Reconciler
+from modeldeploy.render.capabilities import OpenAPIUnreadable, ServerCapabilities
 from modeldeploy.triton import ReportCache, TritonProbe
 from tests.support.deployment_controller import settle
 from tests.support.fake_cluster import FakeCluster
@@ -114,6 +116,53 @@ def test_child_watches_select_the_kinds_we_create():
     assert not watched["child-pods"].check(Resource("apps", "v1", "deployments", namespaced=True))
 
 
+class Discovers:
+    """A cluster boundary whose discovery answers `answer` (or raises it)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked = 0
+
+    async def server_capabilities(self):
+        self.asked += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_startup_says_once_which_fields_the_server_lacks(caplog):
+    old = ServerCapabilities(pdb_unhealthy_pod_eviction_policy=False)
+    cluster = Discovers(old)
+    with caplog.at_level(logging.INFO, logger="modeldeploy"):
+        assert await op.discover_capabilities(cluster) == old
+    assert cluster.asked == 1
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith("this API server has no usable "
+                                          "PodDisruptionBudget.spec.unhealthyPodEvictionPolicy: "
+                                          "PDBs are applied without it")
+
+
+async def test_startup_on_a_current_server_says_everything_is_supported(caplog):
+    with caplog.at_level(logging.INFO, logger="modeldeploy"):
+        assert await op.discover_capabilities(Discovers(ServerCapabilities())) == ServerCapabilities()
+    (record,) = caplog.records
+    assert "supports every optional field" in record.getMessage()
+
+
+@pytest.mark.parametrize("failure", [
+    ApiError(503, "ServiceUnavailable", "connection refused"),
+    ApiError(403, "Forbidden", 'cannot get path "/openapi/v2"'),
+    OpenAPIUnreadable("the OpenAPI document does not describe io.k8s.api.policy.v1.PodDisruptionBudgetSpec"),
+], ids=["unreachable", "forbidden", "unreadable"])
+async def test_when_discovery_fails_everything_is_assumed_supported(caplog, failure):
+    with caplog.at_level(logging.INFO, logger="modeldeploy"):
+        assert await op.discover_capabilities(Discovers(failure)) == ServerCapabilities()
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "assuming it supports all of them" in record.getMessage() and str(failure) in record.getMessage()
+
+
 def test_metrics_and_healthz():
     healthy = True
     server = metrics.start_metrics_server(0, "127.0.0.1", health=lambda: healthy)
@@ -176,7 +225,10 @@ def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path):
         assert status == 200, "no /healthz within 30 s"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        assert "Signal SIGTERM is received" in process.stdout.read()
+        output = process.stdout.read()
+        assert "Signal SIGTERM is received" in output
+        # Discovery could not reach the server either: said once, and the operator ran on.
+        assert output.count("could not read the API server's OpenAPI") == 1
     finally:
         if process.poll() is None:
             process.kill()

@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, __version__, permissions
 from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind, NoClusterConfig
+from modeldeploy.render.capabilities import ServerCapabilities, capabilities_from_openapi
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ JSON_PATCH = "application/json-patch+json"
 JSON = "application/json"
 # Only metadata, never a Secret's data, for existence checks (same "get" permission).
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+# The API server's OpenAPI: the policy/v1 group alone where OpenAPI v3 is served (beta and on by
+# default from Kubernetes 1.24, GA in 1.27), else the whole v2 document. Non-resource URLs, which
+# the built-in system:discovery ClusterRole lets every authenticated user read ("/openapi",
+# "/openapi/*"), so they need no rule in modeldeploy.permissions or in the chart's RBAC.
+OPENAPI_V3_POLICY = "/openapi/v3/apis/policy/v1"
+OPENAPI_V2 = "/openapi/v2"
 
 # metav1.StatusReason for a status code, when the body is not a Status.
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
@@ -198,8 +206,9 @@ class KubernetesCluster:
     # --- transport -------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
-              body: Any = None, content_type: str | None = None, accept: str = JSON) -> Any:
-        """One blocking request: the parsed 2xx body, or _Refused; network failures -> ApiError 503."""
+              body: Any = None, content_type: str | None = None, accept: str = JSON, raw: bool = False) -> Any:
+        """One blocking request: the parsed 2xx body (the bytes with `raw`), or _Refused; network
+        failures -> ApiError 503."""
         headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
@@ -233,11 +242,29 @@ class KubernetesCluster:
             raise ApiError(503, "ServiceUnavailable", str(error)) from None
         if not 200 <= status <= 299:
             raise _Refused(status, reason or "", _parse(data))
-        return _parse(data)
+        return data if raw else _parse(data)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, functools.partial(self._send, method, path, **kwargs))
+
+    # --- discovery -------------------------------------------------------------------------
+
+    async def server_capabilities(self) -> ServerCapabilities:
+        """Which optional fields this API server supports, from its OpenAPI (read once, at startup).
+
+        Raises ApiError when neither document can be read, OpenAPIUnreadable when the answer does
+        not describe what we look for; the caller decides what to assume then.
+        """
+        try:
+            document = await self._call("GET", OPENAPI_V3_POLICY, raw=True)
+        except _Refused as refused:  # 404: no OpenAPI v3 (before 1.24, or turned off)
+            log.debug("no %s (%s); reading %s", OPENAPI_V3_POLICY, refused.error(), OPENAPI_V2)
+            try:
+                document = await self._call("GET", OPENAPI_V2, raw=True)
+            except _Refused as refused_v2:
+                raise refused_v2.error() from None
+        return capabilities_from_openapi(document or b"")
 
     # --- the protocol ----------------------------------------------------------------------
 

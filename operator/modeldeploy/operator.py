@@ -17,6 +17,7 @@ import kopf
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, VERSION, metrics, naming
 from modeldeploy.reconciler import Outcome, Reconciler
+from modeldeploy.render.capabilities import ServerCapabilities, limitations
 from modeldeploy.workqueue import WorkQueue
 
 log = logging.getLogger("modeldeploy")
@@ -154,6 +155,35 @@ for _group, _version, _plural in CHILD_WATCHES:
                   labels={naming.MANAGED_BY: FIELD_MANAGER})(_route_child)
 
 
+async def discover_capabilities(cluster: Any) -> ServerCapabilities:
+    """What the API server supports of the optional fields we render; said once in the log.
+
+    When the server cannot tell us (OpenAPI unreadable, forbidden by a hardened RBAC, a network
+    blip at startup), we assume everything is supported, as `modeldeploy render` does. That keeps
+    production working where it matters most: every Kubernetes from 1.27 has these fields, and
+    assuming "unsupported" there would silently strip them from every existing child (server-side
+    apply removes a field its manager stops sending; here the PDB would lose AlwaysAllow and a
+    crash-looping pod could block node drains), only to put them back at the next start. On an
+    old server the wrong guess is loud and contained instead: the server-side dry run refuses a
+    ModelDeployment's PDB ("field not declared in schema"), so nothing of that ModelDeployment is
+    applied and its reconcile fails, logged with the server's message, counted in
+    modeldeploy_reconcile_errors_total and retried with backoff; ModelDeployments without a
+    disruptionBudget are untouched, and restarting the operator asks the server again.
+    """
+    try:
+        capabilities = await cluster.server_capabilities()
+    except Exception as error:  # any failure means "could not tell"
+        log.warning("could not read the API server's OpenAPI to learn which optional fields it supports (%s); "
+                    "assuming it supports all of them, as current Kubernetes does", error)
+        return ServerCapabilities()
+    missing = limitations(capabilities)
+    for line in missing:
+        log.info("%s", line)
+    if not missing:
+        log.info("this API server supports every optional field modeldeploy sets")
+    return capabilities
+
+
 def run(*, namespaces: list[str], health_port: int, verbose: bool) -> int:
     """Blocking: runs until SIGTERM/SIGINT, then shuts down cleanly."""
     global STATE
@@ -163,8 +193,9 @@ def run(*, namespaces: list[str], health_port: int, verbose: bool) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cluster = KubernetesCluster.from_environment()
+    capabilities = asyncio.run(discover_capabilities(cluster))  # once, before any reconcile
     cache = ReportCache(TritonProbe())
-    STATE = OperatorState(Reconciler(cluster, cache), cache)
+    STATE = OperatorState(Reconciler(cluster, cache, capabilities=capabilities), cache)
     server = metrics.start_metrics_server(health_port, health=STATE.healthy) if health_port else None
     try:
         kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
