@@ -32,7 +32,7 @@ RELEASE, HOME = "md", "modeldeploy-system"
 pytestmark = pytest.mark.helm
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
-KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 # Kinds that are not part of Kubernetes: kubernetes-validate has no schema for them.
 NO_SCHEMA = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
@@ -103,16 +103,19 @@ def test_only_kinds_without_a_kubernetes_schema_are_skipped(api_version, kind):
                                      KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_the_chart_supports_kubernetes_1_27_and_later():
-    assert helm("template", RELEASE, str(CHART), "--kube-version", "1.27.0").returncode == 0
-    refused = helm("template", RELEASE, str(CHART), "--kube-version", "1.26.9", check=False)
+def test_the_chart_supports_kubernetes_1_25_and_later():
+    # 1.25: CEL validation rules on by default. The operator leaves out the PDB fields an older
+    # server lacks, so 1.25 and 1.26 need nothing else.
+    for version in ("1.25.0", "v1.25.3-eks-4a3ea1b", "1.26.9", "1.27.0"):
+        assert helm("template", RELEASE, str(CHART), "--kube-version", version).returncode == 0, version
+    refused = helm("template", RELEASE, str(CHART), "--kube-version", "1.24.17", check=False)
     assert refused.returncode != 0 and "kubeVersion" in refused.stderr
 
 
 def test_app_version_is_the_package_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert chart["apiVersion"] == "v2" and chart["kubeVersion"] == ">=1.27.0-0"
+    assert chart["apiVersion"] == "v2" and chart["kubeVersion"] == ">=1.25.0-0"
     assert chart["appVersion"] == project["version"]
     (container,) = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"].endswith(f":{project['version']}")
