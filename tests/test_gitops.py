@@ -7,12 +7,15 @@
   Reconciling/Stalled conditions count; a Ready condition alone means nothing to it.
 
 Both read the statuses in tests/fixtures/gitops/*.yaml: each holds a ModelDeployment whose status is what
-the operator derives for one situation, and the verdict each tool must reach.
+the operator derives for one situation, and the verdict each tool must reach. scripts/generate-gitops-fixtures.py
+makes every one of them from a named scenario, and a test here checks that the files are what it makes now.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ HEALTH_LUA = ROOT / "deploy" / "argocd" / "health.lua"
 CM_PATCH = ROOT / "deploy" / "argocd" / "argocd-cm-patch.yaml"
 CM_KEY = "resource.customizations.health.modeldeploy.dev_ModelDeployment"
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "gitops").glob("*.yaml"))
+GENERATOR = ROOT / "scripts" / "generate-gitops-fixtures.py"
 
 # What Argo CD accepts from a health script (anything else is an error, shown as Unknown).
 ARGOCD_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
@@ -152,52 +156,38 @@ def test_fixture_statuses_are_ones_the_operator_writes(path):
     assert [c["type"] for c in obj["status"]["conditions"]] == list(CONDITION_TYPES)
 
 
-def _derived(name: str) -> dict[str, Any]:
-    """The status the operator's own status derivation gives for the situation a fixture describes."""
-    from modeldeploy.errors import parse_model_deployment
-    from modeldeploy.status import Observed, Problem, derive_status, invalid_status
-    from tests.support.world import Report, deployment, pod
-
-    obj = load_fixture(ROOT / "tests" / "fixtures" / "gitops" / f"{name}.yaml")["object"]
-    doc = {k: v for k, v in obj.items() if k != "status"}
-    md = parse_model_deployment(doc) if name != "invalid-spec" else None
-    serving = [pod("resnet50-7d9f-a", "3", ip="10.0.0.11"), pod("resnet50-7d9f-b", "3", ip="10.0.0.12")]
-    loaded = {"uid-resnet50-7d9f-a": Report(), "uid-resnet50-7d9f-b": Report()}
-    now = "2026-11-23T08:00:00Z"
-    if name == "ready":
-        return derive_status(md, Observed(deployment=deployment("3"), pods=serving, reports=loaded), {}, now)
-    if name == "scaled-to-zero":
-        return derive_status(md, Observed(deployment=deployment("3", replicas=0)), {}, now)
-    if name == "model-not-probed-yet":
-        return derive_status(md, Observed(deployment=deployment("3"), pods=serving), {}, now)
-    if name == "crash-loop":
-        crashing = [pod(p, "3", ready=False, waiting="CrashLoopBackOff", last_exit=1)
-                    for p in ("resnet50-7d9f-a", "resnet50-7d9f-b")]
-        return derive_status(md, Observed(deployment=deployment("3", ready=0), pods=crashing), {}, now)
-    if name == "unschedulable":
-        pending = [pod("resnet50-7d9f-a", "3", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")]
-        return derive_status(md, Observed(deployment=deployment("3", replicas=1, ready=0), pods=pending), {}, now)
-    if name == "model-load-failed":
-        refused = {uid: Report(False, "ModelLoadFailed", "weights file missing") for uid in loaded}
-        return derive_status(md, Observed(deployment=deployment("3"), pods=serving, reports=refused), {}, now)
-    if name == "secret-not-found":
-        return derive_status(md, Observed(problem=Problem("SecretNotFound", "missing", True)), {}, now)
-    if name == "invalid-spec":
-        return invalid_status(1, "resnet50", Problem("InvalidSpec", "bad", True), {}, now)
-    raise AssertionError(name)
+def _generator() -> Any:
+    """scripts/generate-gitops-fixtures.py, which makes every fixture from a named scenario."""
+    spec = importlib.util.spec_from_file_location("generate_gitops_fixtures", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.parametrize("name", ["ready", "scaled-to-zero", "model-not-probed-yet", "crash-loop", "unschedulable",
-                                  "model-load-failed", "secret-not-found", "invalid-spec"])
-def test_fixture_conditions_still_match_the_operator(name):
-    """If the operator changes what it says in one of these situations, the fixture (and the verdicts
-    Argo CD and Flux reach on it) must be looked at again."""
-    fixture = load_fixture(ROOT / "tests" / "fixtures" / "gitops" / f"{name}.yaml")["object"]["status"]
+def test_every_fixture_is_what_the_operator_derives_now():
+    """Each fixture is regenerated in memory from its scenario (the observed world through the operator's
+    own derive_status) and must equal the file: if the operator changes what it says in any of these
+    situations, the fixture (and the verdicts Argo CD and Flux reach on it) must be looked at again."""
+    generator = _generator()
+    wanted = generator.generate()
+    on_disk = {p.name: p.read_text() for p in FIXTURES}
+    drifted = sorted(name for name in wanted.keys() | on_disk.keys() if wanted.get(name) != on_disk.get(name))
+    assert not drifted, (f"drifted from the operator (or missing, or made by no scenario): {', '.join(drifted)}; "
+                         f"regenerate with `{generator.COMMAND}` and review the diff")
 
-    def summary(status: dict[str, Any]) -> list[tuple[str, str, str]]:
-        return [(c["type"], c["status"], c["reason"]) for c in status["conditions"]]
 
-    assert summary(_derived(name)) == summary(fixture)
+def test_the_generator_is_deterministic_and_its_check_mode_names_drift(tmp_path):
+    generator = _generator()
+    assert generator.generate() == generator.generate()
+    for name, text in generator.generate().items():
+        (tmp_path / name).write_text(text)
+    assert generator.drifted(tmp_path) == []
+    (tmp_path / "ready.yaml").write_text((tmp_path / "ready.yaml").read_text().replace("'True'", "'False'", 1))
+    (tmp_path / "crash-loop.yaml").unlink()
+    (tmp_path / "hand-written.yaml").write_text("{}")
+    assert generator.drifted(tmp_path) == ["crash-loop.yaml", "hand-written.yaml", "ready.yaml"]
 
 
 # --- rules the fixtures alone do not pin down -------------------------------------------------
