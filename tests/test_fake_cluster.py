@@ -16,15 +16,18 @@ from modeldeploy.kube import (
     POD,
     PVC,
     SECRET,
+    SERVICE,
     SERVICE_MONITOR,
     ApiError,
 )
 from tests.support import specs
 from tests.support.deployment_controller import REPLICA_SET, pods_of, rolling, settle, template_hash
-from tests.support.fake_cluster import FakeCluster, fields_v1
+from tests.support.fake_cluster import ElementKey, FakeCluster, fields_v1
 
 NS = "vision"
 REPLICAS = ("spec", "replicas")
+CONTAINERS = ("spec", "template", "spec", "containers")
+TRITON = (*CONTAINERS, ElementKey({"name": "triton"}))
 
 
 @pytest.fixture()
@@ -272,14 +275,15 @@ async def test_an_update_that_changes_nothing_takes_nothing(fake):
                                                                                             "resnet50")
 
 
-async def test_a_hand_edit_moves_ownership_and_apply_takes_it_back(fake):
+async def test_a_hand_edit_moves_ownership_of_that_field_and_apply_takes_it_back(fake):
     await fake.apply(deployment())
     edited = fake.get_now(DEPLOYMENT, NS, "resnet50")
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
     fake.update(edited, manager="kubectl-edit")
     owners = fake.managed_fields(DEPLOYMENT, NS, "resnet50")
-    containers = ("spec", "template", "spec", "containers")
-    assert containers in owners["kubectl-edit"] and containers not in owners[FIELD_MANAGER]
+    image = (*TRITON, "image")
+    assert owners["kubectl-edit"] == {image}  # that field of that container, not the list
+    assert image not in owners[FIELD_MANAGER] and {TRITON, (*TRITON, "name")} <= owners[FIELD_MANAGER]
     restored = await fake.apply(deployment())
     assert restored["spec"]["template"]["spec"]["containers"][0]["image"].startswith("nvcr.io/")
     assert "kubectl-edit" not in fake.managed_fields(DEPLOYMENT, NS, "resnet50")
@@ -306,6 +310,151 @@ async def test_fields_we_stop_sending_are_removed_others_stay(fake):
 async def test_fields_v1_encoding():
     assert fields_v1({("spec", "replicas"), ("metadata", "labels", "a.b/c")}) == {
         "f:metadata": {"f:labels": {"f:a.b/c": {}}}, "f:spec": {"f:replicas": {}}}
+    port = ElementKey({"protocol": "TCP", "containerPort": 8000})
+    assert port == 'k:{"containerPort":8000,"protocol":"TCP"}'  # key fields sorted, compact JSON
+    assert fields_v1({("spec", "ports", port), ("spec", "ports", port, "name")}) == {
+        "f:spec": {"f:ports": {port: {".": {}, "f:name": {}}}}}
+
+
+# --- server-side apply of associative lists (merged by key, owned per element) ------------
+
+def env(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"name": n, "value": v} for n, v in pairs]
+
+
+def with_containers(obj: dict[str, Any], *, env_vars: list[dict[str, str]] | None = None,
+                    extra: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """deployment() with env on the triton container and/or more containers after it."""
+    out = copy.deepcopy(obj)
+    containers = out["spec"]["template"]["spec"]["containers"]
+    if env_vars is not None:
+        containers[0]["env"] = env_vars
+    containers.extend(copy.deepcopy(list(extra)))
+    return out
+
+
+def edit(fake: FakeCluster, change, manager: str = "istio-injector") -> dict[str, Any]:
+    """Another actor's Update of the whole object (as a controller or kubectl edit sends it)."""
+    obj = fake.get_now(DEPLOYMENT, NS, "resnet50")
+    change(obj["spec"]["template"]["spec"])
+    return fake.update(obj, manager=manager)
+
+
+def containers_of(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return obj["spec"]["template"]["spec"]["containers"]
+
+
+async def test_an_env_var_another_manager_added_survives_our_apply(fake):
+    await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"))))
+    edit(fake, lambda spec: spec["containers"][0]["env"].append({"name": "PROXY", "value": "on"}))
+    owners = fake.managed_fields(DEPLOYMENT, NS, "resnet50")
+    proxy = (*TRITON, "env", ElementKey({"name": "PROXY"}))
+    assert owners["istio-injector"] == {proxy, (*proxy, "name"), (*proxy, "value")}
+    assert (*TRITON, "env", ElementKey({"name": "A"})) in owners[FIELD_MANAGER]
+
+    stored = await fake.apply(with_containers(deployment(), env_vars=env(("A", "2"))))  # never mentions PROXY
+    assert containers_of(stored)[0]["env"] == env(("A", "2"), ("PROXY", "on"))
+    again = await fake.apply(with_containers(deployment(), env_vars=env(("A", "2"))))
+    assert rv(again) == rv(stored)  # merged, not fought over
+    fields = next(e for e in stored["metadata"]["managedFields"] if e["manager"] == "istio-injector")["fieldsV1"]
+    triton = fields["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"triton"}']
+    assert triton == {"f:env": {'k:{"name":"PROXY"}': {".": {}, "f:name": {}, "f:value": {}}}}
+
+
+async def test_a_sidecar_another_manager_added_survives_our_apply(fake):
+    await fake.apply(deployment())
+    sidecar = {"name": "istio-proxy", "image": "istio/proxyv2:1.22.0"}
+    edit(fake, lambda spec: spec["containers"].append(sidecar))
+    assert (*CONTAINERS, ElementKey({"name": "istio-proxy"})) in \
+        fake.managed_fields(DEPLOYMENT, NS, "resnet50")["istio-injector"]
+    stored = await fake.apply(deployment(image="nvcr.io/nvidia/tritonserver:24.09-py3"))
+    assert [(c["name"], c["image"]) for c in containers_of(stored)] == [
+        ("triton", "nvcr.io/nvidia/tritonserver:24.09-py3"), ("istio-proxy", "istio/proxyv2:1.22.0")]
+    owners = fake.managed_fields(DEPLOYMENT, NS, "resnet50")
+    assert (*CONTAINERS, ElementKey({"name": "istio-proxy"})) not in owners[FIELD_MANAGER]
+
+
+async def test_elements_we_stop_sending_go_unless_someone_else_owns_them(fake):
+    exporter = {"name": "exporter", "image": "exporter:1"}
+    await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"), ("B", "1")), extra=[exporter]))
+    edit(fake, lambda spec: spec["containers"][0]["env"][1].update(value="mine"), manager="kubectl-edit")
+    stored = await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"))))
+    # exporter and nothing else was only ours: gone. B's value is kubectl-edit's: B stays.
+    assert [c["name"] for c in containers_of(stored)] == ["triton"]
+    assert containers_of(stored)[0]["env"] == env(("A", "1"), ("B", "mine"))
+    owners = fake.managed_fields(DEPLOYMENT, NS, "resnet50")
+    assert (*TRITON, "env", ElementKey({"name": "B"})) not in owners[FIELD_MANAGER]
+    stored = await fake.apply(deployment())
+    assert containers_of(stored)[0]["env"] == env(("B", "mine"))  # A went; the list stays for B
+
+
+async def test_an_emptied_list_and_the_maps_it_leaves_empty_go(fake):
+    await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"))))
+    stored = await fake.apply(deployment())
+    assert "env" not in containers_of(stored)[0]
+    assert not any("env" in path for path in fake.managed_fields(DEPLOYMENT, NS, "resnet50")[FIELD_MANAGER])
+
+
+async def test_ports_are_keyed_by_port_and_protocol_and_the_protocol_default_counts(fake):
+    stored = await fake.apply(deployment())
+    port = ElementKey({"containerPort": 8000, "protocol": "TCP"})
+    assert (*TRITON, "ports", port, "containerPort") in fake.managed_fields(DEPLOYMENT, NS, "resnet50")[FIELD_MANAGER]
+    assert containers_of(stored)[0]["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    await fake.apply(service())
+    fake.update({**fake.get_now(SERVICE, NS, "resnet50")} | {"spec": {
+        **fake.get_now(SERVICE, NS, "resnet50")["spec"],
+        "ports": [*fake.get_now(SERVICE, NS, "resnet50")["spec"]["ports"],
+                  {"name": "dns", "port": 8000, "protocol": "UDP", "targetPort": 8000}]}}, manager="kubectl-edit")
+    stored = await fake.apply(service())
+    assert [(p["port"], p["protocol"]) for p in stored["spec"]["ports"]] == [(8000, "TCP"), (8000, "UDP")]
+    assert ("spec", "ports", ElementKey({"port": 8000, "protocol": "UDP"})) in \
+        fake.managed_fields(SERVICE, NS, "resnet50")["kubectl-edit"]
+
+
+async def test_our_order_wins_for_our_elements_and_others_keep_their_place(fake):
+    await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"), ("B", "1"))))
+    edit(fake, lambda spec: spec["containers"][0]["env"].append({"name": "X", "value": "x"}))
+    stored = await fake.apply(with_containers(deployment(), env_vars=env(("A", "1"), ("C", "1"), ("B", "1"))))
+    assert [e["name"] for e in containers_of(stored)[0]["env"]] == ["A", "C", "B", "X"]
+    stored = await fake.apply(with_containers(deployment(), env_vars=env(("B", "1"), ("A", "1"), ("C", "1"))))
+    # structured-merge-diff's order (typed/merge.go): X still follows B, which it followed before.
+    assert [e["name"] for e in containers_of(stored)[0]["env"]] == ["B", "X", "A", "C"]
+
+
+async def test_tolerations_are_atomic(fake):
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    spot = {"key": "spot", "operator": "Exists"}
+    with_gpu = deployment()
+    with_gpu["spec"]["template"]["spec"]["tolerations"] = [gpu]
+    await fake.apply(with_gpu)
+    edit(fake, lambda spec: spec["tolerations"].append(spot), manager="kubectl-edit")
+    tolerations = ("spec", "template", "spec", "tolerations")
+    owners = fake.managed_fields(DEPLOYMENT, NS, "resnet50")
+    assert tolerations in owners["kubectl-edit"] and tolerations not in owners[FIELD_MANAGER]  # the whole list
+    stored = await fake.apply(with_gpu)
+    assert stored["spec"]["template"]["spec"]["tolerations"] == [gpu]  # replaced as a whole
+    assert "kubectl-edit" not in fake.managed_fields(DEPLOYMENT, NS, "resnet50")
+
+
+async def test_duplicate_keys_in_an_apply_are_refused(fake):
+    doubled = with_containers(deployment(), env_vars=env(("A", "1"), ("A", "2")))
+    with pytest.raises(ApiError) as refused:
+        await fake.apply(doubled, dry_run=True)
+    assert refused.value.status == 422 and 'duplicate entries for key k:{"name":"A"}' in refused.value.message
+    unnamed = with_containers(deployment(), extra=[{"image": "x:1"}])
+    with pytest.raises(ApiError) as refused:
+        await fake.apply(unnamed)
+    assert refused.value.status == 422 and "key field(s) name" in refused.value.message
+    assert fake.get_now(DEPLOYMENT, NS, "resnet50") is None
+
+
+async def test_lists_of_custom_resources_stay_atomic(fake):
+    md = specs.minimal(placement={"tolerations": [{"key": "a", "operator": "Exists"}]})
+    fake.create(md, manager="kubectl-client-side-apply")
+    stored = fake.update_spec(MODEL_DEPLOYMENT, NS, "resnet50",
+                              {"placement": {"tolerations": [{"key": "b", "operator": "Exists"}]}})
+    assert ("spec", "placement", "tolerations") in fake.managed_fields(MODEL_DEPLOYMENT, NS, "resnet50")["kubectl-edit"]
+    assert stored["spec"]["placement"]["tolerations"] == [{"key": "b", "operator": "Exists"}]
 
 
 # --- defaulting ---------------------------------------------------------------------------

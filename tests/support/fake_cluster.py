@@ -11,14 +11,25 @@ Modelled on kube-apiserver (behaviour checked against its sources and the server
 - ownerReference garbage collection: deleting an object deletes (recursively) every object whose
   ownerReferences name it once none of its owners is left. Synchronous here; the real garbage
   collector is asynchronous.
-- server-side apply (structured-merge-diff's Updater.Apply): the applier's field set becomes
-  exactly the leaves it sent (lists atomic, maps by key); fields whose value the apply changes
-  are taken from other managers (force), fields it sets to the value they already have are
-  shared; fields it owned before, no longer sends and nobody else owns are removed, then the
-  server defaults the object (Deployment spec.replicas absent -> 1). An Update by another
-  actor (update/scale/update_spec) takes ownership of the fields whose value it changes.
+- server-side apply (structured-merge-diff's Updater.Apply): the applied configuration is merged
+  into the live object: maps by key, associative lists by their keys (the built-in kinds'
+  x-kubernetes-list-map-keys: containers, initContainers, volumes, imagePullSecrets, env by
+  name, container ports by containerPort+protocol, Service ports by port+protocol, volumeMounts
+  by mountPath, ownerReferences by uid, status conditions by type, ...; a key field's default
+  counts, so an omitted protocol is TCP), every other list atomic (tolerations, args, HPA metrics,
+  all lists of custom resources); element order as typed/merge.go gives it. The applier's field
+  set becomes exactly what it sent: the leaves, plus each list element it sent (the element
+  itself, its "."). Fields whose value the apply changes are taken from other managers (force),
+  fields it sets to the value they already have are shared; fields and elements it owned before,
+  no longer sends and nobody owns (an element stays while anyone owns a field in it) are removed
+  (an emptied list and emptied maps with it), then the server defaults the object (Deployment
+  spec.replicas absent -> 1). Duplicate keys in an apply are refused (422). An Update by
+  another actor (update/scale/update_spec) takes ownership of the fields whose value it changes,
+  element by element: another manager's env var or sidecar container is theirs, and our apply
+  that does not mention it leaves it alone.
 - metadata.managedFields on every object in the API server's encoding
-  (fieldsType FieldsV1, {"f:spec": {"f:replicas": {}}}).
+  (fieldsType FieldsV1, {"f:spec": {"f:replicas": {}}}, list elements as
+  k:{"name":"triton"} with "." for the element itself).
 
 Every protocol call is checked against modeldeploy.permissions like the real boundary, and
 counted: `requests`/`calls` (all), `writes` (apply without dry run, delete, patch_status,
@@ -48,8 +59,6 @@ from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind
 
 log = logging.getLogger(__name__)
 
-Path = tuple[str, ...]
-
 # Set by the server, never part of anyone's field set.
 SYSTEM_METADATA = frozenset({"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
                              "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink",
@@ -76,12 +85,103 @@ def _time(moment: datetime) -> str:
 
 # --- field paths ----------------------------------------------------------------------------
 
-def _leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
-    """Leaf paths of a value: maps by key, lists (and empty maps) atomic. Never the root itself."""
+class ElementKey(str):
+    """The path segment of one element of an associative list, spelt as the API server spells it in
+    FieldsV1: k:{"containerPort":8000,"protocol":"TCP"} (key fields sorted, compact JSON)."""
+
+    fields: tuple[tuple[str, Any], ...]
+
+    def __new__(cls, fields: dict[str, Any]) -> ElementKey:
+        items = tuple(sorted(fields.items()))
+        self = super().__new__(cls, "k:" + json.dumps(dict(items), separators=(",", ":")))
+        self.fields = items
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return ElementKey, (dict(self.fields),)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
+
+    def matches(self, element: Any) -> bool:
+        return isinstance(element, dict) and all(element.get(name, KEY_DEFAULTS.get(name)) == value
+                                                 for name, value in self.fields)
+
+
+Path = tuple[str, ...]  # map keys, and ElementKeys for the elements of associative lists
+
+# A key field the element may omit: its schema default counts (ports' protocol).
+KEY_DEFAULTS: dict[str, Any] = {"protocol": "TCP"}
+# Associative lists of the built-in kinds (x-kubernetes-list-type: map and its list-map-keys in the
+# Kubernetes OpenAPI; the same lists carry patchMergeKey for strategic merge). Every other list is
+# atomic: tolerations, args, command, capabilities, HPA metrics, ipFamilies, and every list of a
+# custom resource (its CRD declares none here).
+POD_SPEC_LISTS = {"containers": ("name",), "initContainers": ("name",), "ephemeralContainers": ("name",),
+                  "volumes": ("name",), "imagePullSecrets": ("name",), "hostAliases": ("ip",),
+                  "topologySpreadConstraints": ("topologyKey", "whenUnsatisfiable"),
+                  "resourceClaims": ("name",), "schedulingGates": ("name",)}
+CONTAINER_LISTS = {"env": ("name",), "ports": ("containerPort", "protocol"), "volumeMounts": ("mountPath",),
+                   "volumeDevices": ("devicePath",), "resizePolicy": ("resourceName",)}
+BUILTIN_GROUPS = frozenset({"", "apps", "autoscaling", "policy", "batch"})
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """Which lists of one kind are associative, and by which keys."""
+
+    kind: str
+    builtin: bool
+
+    @staticmethod
+    def of(api_version: str, kind: str) -> _Schema:
+        return _Schema(kind, api_version.rpartition("/")[0] in BUILTIN_GROUPS)
+
+    def list_keys(self, path: Path) -> tuple[str, ...] | None:
+        names = tuple(p for p in path if not isinstance(p, ElementKey))
+        if names == ("metadata", "ownerReferences"):  # ObjectMeta: the same for custom resources
+            return ("uid",)
+        if not self.builtin or not names:
+            return None
+        if names == ("status", "conditions"):
+            return ("type",)
+        if self.kind == "Service" and names == ("spec", "ports"):
+            return ("port", "protocol")
+        if len(names) >= 2 and names[-2] == "spec" and (self.kind == "Pod" or "template" in names):
+            return POD_SPEC_LISTS.get(names[-1])
+        if len(names) >= 2 and names[-2] in ("containers", "initContainers", "ephemeralContainers"):
+            return CONTAINER_LISTS.get(names[-1])
+        return None
+
+
+def _element_key(element: Any, names: tuple[str, ...], where: Path) -> ElementKey:
+    if not isinstance(element, dict) or any(n not in element and n not in KEY_DEFAULTS for n in names):
+        raise ApiError(422, "Invalid", f".{'.'.join(_names(where))}: element {json.dumps(element)} lacks its "
+                                       f"key field(s) {', '.join(names)}")
+    return ElementKey({n: element.get(n, KEY_DEFAULTS.get(n)) for n in names})
+
+
+def _names(path: Path) -> list[str]:
+    return [p for p in path if not isinstance(p, ElementKey)]
+
+
+def _leaves(value: Any, schema: _Schema, prefix: Path = ()) -> dict[Path, Any]:
+    """The field set of a value, as structured-merge-diff computes it: leaf paths through maps by key
+    and through associative lists by element key (each element's own path included: its "."),
+    atomic lists and empty maps and lists as leaves. Never the root itself."""
     if isinstance(value, dict) and value:
         out: dict[Path, Any] = {}
         for key, item in value.items():
-            out.update(_leaves(item, (*prefix, key)))
+            out.update(_leaves(item, schema, (*prefix, key)))
+        return out
+    if isinstance(value, list) and value and (names := schema.list_keys(prefix)) is not None:
+        out = {}
+        for item in value:
+            element = _element_key(item, names, prefix)
+            if (*prefix, element) in out:
+                raise ApiError(422, "Invalid", f".{'.'.join(_names(prefix))}: duplicate entries for key {element}")
+            out[(*prefix, element)] = dict(element.fields)
+            out.update(_leaves(item, schema, (*prefix, element)))
         return out
     return {prefix: value} if prefix else {}
 
@@ -95,48 +195,106 @@ def _tracked(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _related(a: Path, b: Path) -> bool:
-    """Equal, or one contains the other."""
+def _is_element(path: Path) -> bool:
+    return bool(path) and isinstance(path[-1], ElementKey)
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Two owned paths that one write affects together: equal, or one inside the other's value. A list
+    element's own path is not its fields' value: changing a field inside an element leaves the
+    element's owner owning the element."""
     n = min(len(a), len(b))
-    return a[:n] == b[:n]
+    if a[:n] != b[:n]:
+        return False
+    return len(a) == len(b) or not _is_element(a if len(a) < len(b) else b)
 
 
-def _related_to_any(path: Path, paths: Iterable[Path]) -> bool:
-    return any(_related(path, other) for other in paths)
+def _keeps(owned: Path, path: Path) -> bool:
+    """Whether owning `owned` keeps `path` in the object: it is `path`, or inside it (an element someone
+    still owns a field of stays), or an atomic value `path` is part of."""
+    return owned[:len(path)] == path or (path[:len(owned)] == owned and not _is_element(owned))
 
 
-def _set_path(obj: dict[str, Any], path: Path, value: Any) -> None:
-    node = obj
-    for key in path[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[path[-1]] = copy.deepcopy(value)
+def _merge(live: Any, config: Any, schema: _Schema, path: Path = ()) -> Any:
+    """structured-merge-diff's merge of an applied configuration into the live object: maps by key,
+    associative lists by element key (in its order: shared elements in the configuration's order,
+    elements only the live object has kept where they were), everything else replaced."""
+    if isinstance(live, dict) and isinstance(config, dict) and (live or config):
+        out = {k: _merge(v, config[k], schema, (*path, k)) if k in config else copy.deepcopy(v)
+               for k, v in live.items()}
+        out.update({k: copy.deepcopy(v) for k, v in config.items() if k not in live})
+        return out
+    names = schema.list_keys(path)
+    if names is None or not isinstance(live, list) or not isinstance(config, list) or not (live or config):
+        return copy.deepcopy(config)
+    lhs = {_element_key(e, names, path): e for e in live}
+    rhs = {_element_key(e, names, path): e for e in config}
+
+    def item(key: ElementKey) -> Any:
+        if key in lhs and key in rhs:
+            return _merge(lhs[key], rhs[key], schema, (*path, key))
+        return copy.deepcopy(lhs[key] if key in lhs else rhs[key])
+
+    # typed/merge.go visitListItems, step for step.
+    lkeys, rkeys = list(lhs), list(rhs)
+    shared = [k for k in rkeys if k in lhs]
+    next_shared = shared.pop(0) if shared else None
+    merged: set[ElementKey] = set()
+    out: list[Any] = []
+    li = ri = 0
+    while li < len(lkeys) or ri < len(rkeys):
+        if li < len(lkeys) and ri < len(rkeys):
+            if lkeys[li] == rkeys[ri]:
+                merged.add(lkeys[li])
+                out.append(item(lkeys[li]))
+                li, ri = li + 1, ri + 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if lkeys[li] in rhs and next_shared is not None and next_shared != lkeys[li]:
+                li += 1  # a shared element, but not the next one in the configuration's order
+                continue
+        if li < len(lkeys):
+            if lkeys[li] not in rhs:
+                out.append(item(lkeys[li]))
+                li += 1
+                continue
+            if lkeys[li] in merged:
+                li += 1
+        if ri < len(rkeys):
+            merged.add(rkeys[ri])
+            out.append(item(rkeys[ri]))
+            if next_shared is not None and next_shared == rkeys[ri]:
+                next_shared = shared.pop(0) if shared else None
+            ri += 1
+    return out
 
 
-def _get_path(obj: dict[str, Any], path: Path) -> Any:
-    node: Any = obj
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
+def _child(node: Any, segment: str) -> tuple[Any, Any] | None:
+    """(the index or key of `segment` in node, the child) or None."""
+    if isinstance(segment, ElementKey):
+        if isinstance(node, list):
+            return next(((i, e) for i, e in enumerate(node) if segment.matches(e)), None)
+        return None
+    if isinstance(node, dict) and segment in node:
+        return segment, node[segment]
+    return None
 
 
 def _remove_path(obj: dict[str, Any], path: Path) -> None:
-    """Remove a field and the maps it leaves empty."""
-    trail: list[tuple[dict[str, Any], str]] = []
+    """Remove a field (or a list element) and the maps and lists it leaves empty; keep top-level maps."""
+    trail: list[tuple[Any, Any]] = []
     node: Any = obj
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
+    for segment in path:
+        found = _child(node, segment)
+        if found is None:
             return
-        trail.append((node, key))
-        node = node[key]
+        trail.append((node, found[0]))
+        node = found[1]
     parent, key = trail.pop()
     del parent[key]
     while trail:
         parent, key = trail.pop()
-        if parent[key] == {} and len(trail) >= 1:  # keep top-level maps (metadata, spec)
+        if parent[key] in ({}, []) and trail:
             del parent[key]
         else:
             break
@@ -164,12 +322,15 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def fields_v1(paths: Iterable[Path]) -> dict[str, Any]:
-    """The API server's FieldsV1 encoding of a set of paths: {"f:spec": {"f:replicas": {}}}."""
+    """The API server's FieldsV1 encoding of a set of paths: {"f:spec": {"f:replicas": {}}}; a list
+    element is k:{...} and "." marks the element itself as owned."""
     root: dict[str, Any] = {}
     for path in sorted(paths):
         node = root
         for key in path:
-            node = node.setdefault(f"f:{key}", {})
+            node = node.setdefault(key if isinstance(key, ElementKey) else f"f:{key}", {})
+        if _is_element(path):
+            node.setdefault(".", {})
     return root
 
 
@@ -680,26 +841,30 @@ class FakeCluster:
                                             f"version and try again")
         config = _drop_nulls(_tracked(obj))
         config.pop("status", None)  # the main resource never writes status
-        config_leaves = _leaves(config)
+        schema = _Schema.of(kind.api_version, kind.kind)
+        applied = set(_leaves(config, schema))
 
         if stored is None:
             new = self._new_object(kind, obj)
             live = None
         else:
             live = stored.obj
-            new = copy.deepcopy(live)
-            for path, value in config_leaves.items():
-                if value == {} and isinstance(_get_path(new, path), dict):
-                    continue  # an empty map merges into the live one
-                _set_path(new, path, value)
+            merged = _merge(_tracked(live), config, schema)
+            meta = {k: v for k, v in live["metadata"].items() if k in SYSTEM_METADATA}
+            new = {"apiVersion": live["apiVersion"], "kind": live["kind"],
+                   "metadata": copy.deepcopy({**meta, **merged.pop("metadata", {})}), **merged}
             last = next((e.paths for e in stored.entries
                          if (e.manager, e.operation, e.subresource) == (manager, "Apply", "")), set())
             others = set().union(*(e.paths for e in stored.entries
                                    if (e.manager, e.operation, e.subresource) != (manager, "Apply", "")))
-            for path in sorted(last - set(config_leaves), key=len, reverse=True):
-                # prune: we applied it last time, not now, and nobody else claims it
-                if not _related_to_any(path, config_leaves) and not _related_to_any(path, others):
-                    _remove_path(new, path)
+            # prune: what we applied last time, not now, and nobody (us included) still owns
+            gone = {path for path in last - applied if not any(_keeps(o, path) for o in applied | others)}
+            for path in sorted(gone, key=len):
+                if any(path[:i] in gone for i in range(1, len(path))):
+                    continue  # goes with its parent
+                if len(path) >= 2 and isinstance(path[-2], ElementKey) and path[-1] in path[-2].names:
+                    continue  # an element's key fields go only with the element
+                _remove_path(new, path)
         apply_defaults(new, live, self._allocator)
         if live is not None:
             self._validate_update(kind, live, new)
@@ -707,19 +872,20 @@ class FakeCluster:
         if dry_run:
             shown = copy.deepcopy(new)
             entries = self._entries_after(stored.entries if stored else [], live, new, manager, "Apply", "",
-                                          applied=set(config_leaves))
+                                          applied=applied)
             shown["metadata"]["managedFields"] = [e.render() for e in entries]
             return shown
         if stored is None:
             self._objects[key] = _Stored(kind, {}, [])
-        self._commit(key, new, manager, "Apply", "", applied=set(config_leaves), created=stored is None)
+        self._commit(key, new, manager, "Apply", "", applied=applied, created=stored is None)
         return self.get_now(kind, namespace, name)  # type: ignore[return-value]
 
     def _entries_after(self, entries: list[_Entry], live: dict[str, Any] | None, new: dict[str, Any], manager: str,
                        operation: str, subresource: str, applied: set[Path] | None = None) -> list[_Entry]:
         """structured-merge-diff's bookkeeping: who owns what after this write."""
-        old_leaves = _leaves(_tracked(live)) if live is not None else {}
-        new_leaves = _leaves(_tracked(new))
+        schema = _Schema.of(new["apiVersion"], new["kind"])
+        old_leaves = _leaves(_tracked(live), schema) if live is not None else {}
+        new_leaves = _leaves(_tracked(new), schema)
         changed = {p for p, v in new_leaves.items() if p not in old_leaves or old_leaves[p] != v}
         removed = {p for p in old_leaves if p not in new_leaves}
         now = _time(self.clock())
@@ -729,7 +895,7 @@ class FakeCluster:
             paths = set(applied)
         else:
             paths = ((mine.paths if mine else set()) | changed) - removed
-            paths = {p for p in paths if not _related_to_any(p, removed)}
+            paths = {p for p in paths if not any(_overlaps(p, r) for r in removed)}
         out: list[_Entry] = []
         for entry in entries:  # the order of entries is kept: reordering would be a change
             if entry is mine:
@@ -737,7 +903,7 @@ class FakeCluster:
                     out.append(copy.deepcopy(mine) if mine.paths == paths else
                                _Entry(manager, operation, subresource, new["apiVersion"], paths, now))
                 continue
-            kept = {p for p in entry.paths if not _related_to_any(p, changed) and not _related_to_any(p, removed)}
+            kept = {p for p in entry.paths if not any(_overlaps(p, c) for c in changed | removed)}
             if kept:
                 out.append(_Entry(entry.manager, entry.operation, entry.subresource, entry.api_version, kept,
                                   entry.time))
