@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from modeldeploy import workqueue
 from modeldeploy.workqueue import MAX_BACKOFF_SECONDS, WorkQueue, backoff_seconds
 
 
@@ -56,23 +57,46 @@ async def test_a_key_never_runs_twice_at_once_but_keys_run_in_parallel():
     assert overlap == [] and peak == 3
 
 
-async def test_a_failing_key_backs_off_and_others_go_on():
-    calls: dict[str, int] = {"bad": 0, "good": 0}
+async def test_a_failed_reconcile_is_retried_with_doubling_backoff_and_a_success_resets_it(monkeypatch):
+    base = 0.05  # the real backoff_seconds, on a shorter base than 1 s so the test takes half a second
+    monkeypatch.setattr(workqueue, "MIN_BACKOFF_SECONDS", base)
+    loop = asyncio.get_running_loop()
+    starts: dict[str, list[float]] = {"bad": [], "good": []}
     errors: list[str] = []
+    # "bad" fails three times, then succeeds; after a later event it fails once more, then succeeds.
+    outcomes = iter([False, False, False, True, False, True])
+    settled = asyncio.Event()
 
     async def work(key):
-        calls[key] += 1
-        if key == "bad":
-            raise RuntimeError("broken object")
+        starts[key].append(loop.time())
+        if key == "good":
+            return None
+        ok = next(outcomes)
+        if len(starts["bad"]) in (4, 6):
+            settled.set()
+        if not ok:
+            raise RuntimeError(f"broken object, try {len(starts['bad'])}")
+        return None
 
     queue = WorkQueue(work, workers=1, on_error=lambda key, error: errors.append(f"{key}: {error}"))
     queue.start()
     queue.enqueue("bad")
     queue.enqueue("good")
-    await queue.idle()
-    await asyncio.sleep(0.3)  # first retry is due after 1 s: not yet
-    assert calls == {"bad": 1, "good": 1}
-    assert errors == ["bad: broken object"]
+    await asyncio.wait_for(settled.wait(), timeout=5)  # three retries, none of them asked for by an event
+    settled.clear()
+    bad = starts["bad"]
+    # The other key did not wait for the failing one's backoff.
+    assert len(starts["good"]) == 1 and starts["good"][0] - bad[0] < base
+    # Each retry waited its backoff, doubling: 1x, 2x, 4x the base (timers never fire early).
+    gaps = [later - earlier for earlier, later in zip(bad, bad[1:])]
+    assert all(g >= b * base - 0.005 for g, b in zip(gaps, (1, 2, 4))), gaps
+    assert errors == [f"bad: broken object, try {n}" for n in (1, 2, 3)]
+    # The success reset the count: the next failure is retried after the base delay again, not 8x.
+    await asyncio.sleep(2 * base)
+    assert len(bad) == 4  # and nothing retries a success
+    queue.enqueue("bad")
+    await asyncio.wait_for(settled.wait(), timeout=5)
+    assert base - 0.005 <= bad[5] - bad[4] < 8 * base - 0.005, bad[5] - bad[4]
     assert queue.alive
     await queue.stop()
 
