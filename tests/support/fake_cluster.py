@@ -636,8 +636,8 @@ class FakeCluster:
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         kind = self.kind_of(obj)
-        permissions.require(kind.group, kind.plural, "patch")
         meta = obj.get("metadata") or {}
+        permissions.require_apply(kind.group, kind.plural, meta.get("ownerReferences"))
         namespace, name = meta.get("namespace") or "", meta.get("name") or ""
         await self._enter("apply_dry_run" if dry_run else "apply", kind, namespace, name)
         if not dry_run:
