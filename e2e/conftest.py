@@ -1,9 +1,13 @@
-"""End-to-end fixtures: a real API server (KUBECONFIG), the CRD, the operator as a subprocess.
+"""End-to-end fixtures: a real Kubernetes (KUBECONFIG) with real nodes, the operator installed by
+its own Helm chart and running as a pod under the chart's RBAC, and model repositories that the
+pods really read.
 
-The environment (architecture.md): kube-apiserver and kube-controller-manager, stand-ins for the
-scheduler and kubelet that bind pods whose nvidia.com/* limits fit (2 nodes x 4 GPUs, 7 MIG
-1g.10gb slices each) and mark them Running/Ready with pod IP 127.0.0.1. No container runs, so a
-test that needs Triton starts one on 127.0.0.1:8000 itself. Every test gets its own namespace.
+In CI the cluster is the project's own (e2e/env/cluster up): the control plane from
+../shared/k8s, kube-scheduler, a kubelet with containerd and runc, GPUs advertised on the node, and
+locally built images (Triton from nvidia-pytriton, the operator). `e2e/env/cluster env` prints the
+variables read here. Against another cluster, set KUBECONFIG and MODELDEPLOY_E2E_OPERATOR_IMAGE
+(an operator image its nodes can run); tests that need the project's node (hostPath model stores,
+the host's HTTP server) skip there with the reason.
 """
 
 from __future__ import annotations
@@ -23,13 +27,21 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT / "crds" / "modeldeployments.yaml"
-WAIT_SECONDS = 60
+CHART = ROOT / "charts" / "modeldeploy"
+WAIT_SECONDS = 90
+RELEASE = "modeldeploy"
+RELEASE_NAMESPACE = "modeldeploy-system"
+OPERATOR_ACCOUNT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
+# Set by e2e/env/cluster env: where the project's own environment keeps its state, and the address
+# at which pods reach this machine (the pods' bridge gateway).
+E2E_STATE = os.environ.get("MODELDEPLOY_E2E_STATE")
+NODE_GATEWAY = os.environ.get("MODELDEPLOY_E2E_NODE_GATEWAY")
+OPERATOR_IMAGE = os.environ.get("MODELDEPLOY_E2E_OPERATOR_IMAGE")
 
 
-def _cluster_reachable() -> str | None:
+def _cluster_unreachable() -> str | None:
     if not os.environ.get("KUBECONFIG") and not (Path.home() / ".kube" / "config").exists():
-        return "no KUBECONFIG: the e2e suite needs a real API server"
+        return "no KUBECONFIG: the e2e suite needs a real API server (e2e/env/cluster up starts one)"
     if shutil.which("kubectl") is None:
         return "kubectl is not installed"
     probe = subprocess.run(["kubectl", "version", "--request-timeout=5s", "-o", "json"], capture_output=True,
@@ -40,12 +52,20 @@ def _cluster_reachable() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = _cluster_reachable()
+    e2e_items = [i for i in items if Path(str(i.fspath)).is_relative_to(Path(__file__).parent)]
+    # Tests marked `last` (helm uninstall) run after every other e2e test.
+    items.sort(key=lambda i: i in e2e_items and i.get_closest_marker("last") is not None)
+    reason = _cluster_unreachable()
     if reason is None:
         return
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
-            item.add_marker(pytest.mark.skip(reason=reason))
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"CI runs the e2e suite on a real cluster, but {reason}")
+    for item in e2e_items:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "last: runs after every other e2e test")
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -98,40 +118,86 @@ def wait_for_condition(namespace: str, name: str, kind: str, *, reason: str | No
     return wait_for(f"md/{name} condition {kind} with {wanted}", check, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def crd_installed() -> None:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.dev", "--timeout=60s")
+def kubectl_wait_ready(namespace: str, name: str, timeout: int = WAIT_SECONDS) -> None:
+    wait = kubectl("wait", "--for=condition=Ready", f"md/{name}", "-n", namespace, f"--timeout={timeout}s",
+                   check=False, timeout=timeout + 30)
+    assert wait.returncode == 0, f"kubectl wait md/{name}: {wait.stderr}\n{describe(namespace)}"
+
+
+def describe(namespace: str) -> str:
+    """What a person would look at when a test fails: the objects' status and the pods."""
+    out = [kubectl("get", "md,deploy,rs,pods,pvc", "-n", namespace, "-o", "wide", check=False).stdout]
+    for md in (get_json("md", "-n", namespace) or {}).get("items", []):
+        out.append(yaml.safe_dump({"name": md["metadata"]["name"], "status": md.get("status")}))
+    out.append(kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[-3000:])
+    return "\n".join(out)
+
+
+def operator_log(tail: int = 200) -> str:
+    return kubectl("logs", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, f"--tail={tail}", check=False).stdout
+
+
+def helm_binary() -> str:
+    from tests.support.tools import helm_path  # noqa: PLC0415
+
+    found = helm_path()
+    if found is None:
+        raise AssertionError("helm is not installed (make test installs it into .venv/bin)")
+    return found
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def operator_image_values() -> list[str]:
+    """--set flags that point the chart at the operator image under test."""
+    if not OPERATOR_IMAGE:
+        return []
+    repository, _, tag = OPERATOR_IMAGE.rpartition(":")
+    # The image was imported into the node's containerd: it must never be pulled.
+    return ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=Never"]
+
+
+def install_operator(*extra: str) -> None:
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace",
+         *operator_image_values(), "--set", "verbose=true", *extra, "--wait", "--timeout", "180s")
+    rollout = kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, "--timeout=120s",
+                      check=False, timeout=150)
+    assert rollout.returncode == 0, f"the operator did not start: {rollout.stderr}\n{operator_log()}"
 
 
 @pytest.fixture(scope="session")
-def operator_process(crd_installed: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--health-port", "0", "--verbose"],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        time.sleep(2)
-        if process.poll() is not None:
-            raise AssertionError(f"the operator exited at start:\n{log_path.read_text()[-4000:]}")
-        yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise AssertionError("the operator did not stop within 20 s of SIGTERM") from None
+def operator_release() -> Iterator[str]:
+    """The operator as users install it: `helm install` of charts/modeldeploy (which installs the
+    CRD), running as a pod with the chart's ServiceAccount and RBAC, never as cluster admin."""
+    install_operator()
+    yield RELEASE
+    if helm("status", RELEASE, "-n", RELEASE_NAMESPACE, check=False).returncode == 0:
+        helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait")
 
 
 @pytest.fixture()
-def namespace(operator_process: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(operator_release: str, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"md-e2e-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        sys.stderr.write(f"\n--- operator log (tail) ---\n{operator_process.read_text()[-6000:]}\n")
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    if failed:
+        sys.stderr.write(f"\n--- {name} ---\n{describe(name)}\n--- operator log (tail) ---\n{operator_log()}\n")
+    delete_namespace(name)
+
+
+def delete_namespace(name: str, wait: bool = False) -> None:
+    # Pods go first so that their CPU requests do not hold up the next test's pods on this one node.
+    kubectl("delete", "pods", "--all", "-n", name, "--grace-period=1", "--wait=false", check=False)
+    kubectl("delete", "namespace", name, f"--wait={'true' if wait else 'false'}", check=False, timeout=180)
+    for pv in (get_json("pv", "-l", f"modeldeploy-e2e/namespace={name}") or {}).get("items", []):
+        kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -141,29 +207,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     setattr(item, f"rep_{report.when}", report)
 
 
+def apply(obj: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess:
+    return kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj), check=check)
+
+
 def model_deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": {"name": "simple", "repository": "s3://e2e-models/triton", "version": "1"},
-                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}
+    """A small CPU ModelDeployment of the `simple` model on the namespace's `models` claim."""
+    body: dict[str, Any] = {"model": {"name": "simple", "repository": "pvc://models/triton", "version": "1"},
+                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "sharedMemory": "64Mi"}}
     body.update(spec)
     return {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
-def apply(obj: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess:
-    return kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj), check=check)
+def needs_project_node() -> None:
+    if not E2E_STATE:
+        pytest.skip("needs the project's e2e node (hostPath model stores): run e2e/env/cluster up")
 
 
-@pytest.fixture(scope="session")
-def triton_on_8000(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real tritonserver on 127.0.0.1:8000, where the stand-in pods' IP points."""
-    from tests.support.tritonserver import start_tritonserver, write_model_repository
+def model_store(namespace: str, claim: str = "models", *, subdir: str = "triton") -> Path:
+    """A PersistentVolumeClaim backed by a hostPath PersistentVolume on the node, statically bound.
 
-    repository = write_model_repository(tmp_path_factory.mktemp("models"))
-    try:
-        server = start_tritonserver(repository, http_port=8000, load_models=("simple", "broken"))
-    except OSError as error:
-        pytest.skip(f"cannot start Triton on 127.0.0.1:8000: {error}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    Returns the host directory that pods see at the claim's root; the caller writes the model
+    repository under it (at `subdir`, as pvc://<claim>/<subdir> names it)."""
+    needs_project_node()
+    assert E2E_STATE is not None
+    host = Path(E2E_STATE) / "models" / f"{namespace}-{claim}"
+    shutil.rmtree(host, ignore_errors=True)
+    (host / subdir).mkdir(parents=True)
+    pv_name = f"{namespace}-{claim}"
+    apply({"apiVersion": "v1", "kind": "PersistentVolume",
+           "metadata": {"name": pv_name, "labels": {"modeldeploy-e2e/namespace": namespace}},
+           "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+                    "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                    "hostPath": {"path": str(host), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim}}})
+    apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+           "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}}}})
+    wait_for(f"pvc/{claim} to bind", lambda: (get_json("pvc", claim, "-n", namespace) or {}).get(
+        "status", {}).get("phase") == "Bound", timeout=60)
+    return host / subdir
+
+
+def pods_of(namespace: str, name: str) -> list[dict[str, Any]]:
+    return (get_json("pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={name}") or {}).get("items", [])

@@ -1,6 +1,6 @@
 """Launch a real tritonserver (from the nvidia-pytriton wheel) with the operator's own flags.
 
-Used by tests/ (free ports) and by e2e/ (127.0.0.1:8000, where the stand-in pods' IP points).
+Used by tests/ (free ports); e2e/ uses its model repositories on real pods.
 The server runs `tritonserver_args(...)` exactly as the Deployment renders it; the only
 additions are what a test machine needs instead of a pod: the ports (free ones unless given),
 --http-address/--grpc-address (the loopback host, never 0.0.0.0), --backend-directory (a copy
@@ -89,20 +89,27 @@ def _config(name: str, *, all_versions: bool = False) -> str:
     return config if all_versions else config.replace("version_policy: { all { } }\n", "")
 
 
+def write_model(repository: Path, name: str, versions: Sequence[int], *, all_versions: bool = True,
+                source: str | None = None) -> Path:
+    """Model `name` in repository: the `simple` model (x * version) for each version, or `source` as
+    each version's model.py; version_policy all unless all_versions is False (Triton's default,
+    the latest version only)."""
+    for version in versions:
+        (repository / name / str(version)).mkdir(parents=True, exist_ok=True)
+        (repository / name / str(version) / "model.py").write_text(source or SIMPLE_MODEL.format(version=version))
+    (repository / name / "config.pbtxt").write_text(_config(name, all_versions=all_versions))
+    return repository / name
+
+
 def write_model_repository(root: Path) -> Path:
     """A python-backend model repository under root/repository:
     `simple`  versions 1 and 2 (version_policy all), FP32[4] -> FP32[4] (x * version), max batch 8;
     `broken`  version 1, initialize raises RuntimeError(BROKEN_ERROR);
     `slow`    version 1, initialize waits for slow_release_path(repository) (not loaded by default)."""
     repository = Path(root) / "repository"
-    for version in (1, 2):
-        (repository / "simple" / str(version)).mkdir(parents=True, exist_ok=True)
-        (repository / "simple" / str(version) / "model.py").write_text(SIMPLE_MODEL.format(version=version))
-    (repository / "simple" / "config.pbtxt").write_text(_config("simple", all_versions=True))
+    write_model(repository, "simple", (1, 2))
     for name, source in (("broken", BROKEN_MODEL), ("slow", SLOW_MODEL)):
-        (repository / name / "1").mkdir(parents=True, exist_ok=True)
-        (repository / name / "1" / "model.py").write_text(source)
-        (repository / name / "config.pbtxt").write_text(_config(name))
+        write_model(repository, name, (1,), all_versions=False, source=source)
     return repository
 
 
