@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: test run e2e crd bench clean
+.PHONY: test run e2e e2e-local crd bench clean
 
 $(BIN)/.installed: pyproject.toml scripts/install-helm.sh
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ test: $(BIN)/.installed
 run: $(BIN)/.installed
 	$(BIN)/modeldeploy run
 
+# The e2e suite against the cluster in KUBECONFIG (see README, "End-to-end tests").
 e2e: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest e2e
+
+# The e2e suite on the project's own real Kubernetes, started and stopped here (needs root).
+e2e-local: $(BIN)/.installed
+	PYTHON=$(abspath $(BIN)/python) e2e/env/run
 
 crd: $(BIN)/.installed
 	$(BIN)/modeldeploy crd > crds/modeldeployments.yaml
