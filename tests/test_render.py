@@ -20,7 +20,7 @@ from modeldeploy import naming
 from modeldeploy.errors import parse_model_deployment
 from modeldeploy.render import render_children, render_manifests
 from modeldeploy.render.capabilities import ServerCapabilities
-from modeldeploy.render.deployment import FETCH_SCRIPT
+from modeldeploy.render.deployment import FETCH_SCRIPT, PIN_SCRIPT
 from modeldeploy.triton_flags import EXIT_TIMEOUT_SECONDS
 from tests.support.manifests import by_kind, validate_all
 from tests.support.specs import load_examples, minimal
@@ -159,22 +159,35 @@ def test_gcs_credentials_are_mounted_as_a_file():
     assert "envFrom" not in container
 
 
-def test_pvc_repository_is_mounted_read_only():
+def test_pvc_repository_is_mounted_read_only_and_pinned_to_the_version():
     deployment = render(minimal(model={"repository": "pvc://model-store/triton/v2", "version": "1"}))["Deployment"]
     volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "model-repository")
     assert volume["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
     container = triton(deployment)
     assert {"name": "model-repository", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
-    assert "--model-repository=/models/triton/v2" in container["args"]
+    assert {"name": "pinned-repository", "mountPath": "/pinned-models", "readOnly": True} in container["volumeMounts"]
+    (pin,) = pod_spec(deployment)["initContainers"]
+    assert pin["name"] == "pin-version" and pin["image"] == container["image"]
+    assert pin["command"] == ["python3", "-c", PIN_SCRIPT]
+    assert pin["args"] == ["/models/triton/v2", "resnet50", "1", "/pinned-models"]
+    assert pin["securityContext"]["runAsNonRoot"] is True
+    assert "--model-repository=/pinned-models" in container["args"]
 
 
-def test_https_archive_is_fetched_and_checked_by_an_init_container():
+def test_https_archive_is_fetched_and_checked_then_pinned():
     deployment = render(minimal(model={"repository": "https://h/repo.tar.gz", "version": "1", "sha256": SHA}))[
         "Deployment"]
-    (init,) = pod_spec(deployment)["initContainers"]
-    assert init["args"] == ["https://h/repo.tar.gz", SHA, "/models/repository"]
-    assert init["securityContext"]["allowPrivilegeEscalation"] is False
-    assert "--model-repository=/models/repository" in triton(deployment)["args"]
+    fetch, pin = pod_spec(deployment)["initContainers"]
+    assert fetch["args"] == ["https://h/repo.tar.gz", SHA, "/models/repository"]
+    assert fetch["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pin["args"] == ["/models/repository", "resnet50", "1", "/pinned-models"]
+    assert "--model-repository=/pinned-models" in triton(deployment)["args"]
+
+
+def test_cloud_repositories_are_read_by_triton_unpinned():
+    deployment = render(minimal())["Deployment"]
+    assert "initContainers" not in pod_spec(deployment)
+    assert "--model-repository=s3://models/triton" in triton(deployment)["args"]
 
 
 def test_labels_and_a_selector_that_never_changes():

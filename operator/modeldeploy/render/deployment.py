@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from modeldeploy import naming
+from modeldeploy import naming, pin_version
 from modeldeploy.api import ModelDeployment
 from modeldeploy.triton_flags import (
     EXIT_TIMEOUT_SECONDS,
@@ -20,6 +21,11 @@ from modeldeploy.triton_flags import (
 
 TRITON_CONTAINER = "triton"
 FETCH_CONTAINER = "fetch-model"
+PIN_CONTAINER = "pin-version"
+# Where the pin step builds the pod's own view of the repository: one version of the model.
+PINNED_MOUNT = "/pinned-models"
+# The pin step's program, run with the Triton image's python3 (see pin_version.py).
+PIN_SCRIPT = Path(pin_version.__file__).read_text(encoding="utf-8")
 TRITON_UID = 1000  # the triton-server user of NVIDIA's images
 MODELS_MOUNT = "/models"
 ARCHIVE_REPOSITORY = f"{MODELS_MOUNT}/repository"
@@ -67,8 +73,8 @@ def _restricted_container_security() -> dict[str, Any]:
     }
 
 
-def model_repository_path(md: ModelDeployment) -> str:
-    """The --model-repository Triton is given, after mounts and fetches."""
+def source_repository_path(md: ModelDeployment) -> str:
+    """Where the repository is, as the pod reads it: mounted, fetched, or in the cloud."""
     model = md.spec.model
     if model.scheme == "pvc":
         rest = model.repository[len("pvc://"):]
@@ -77,6 +83,19 @@ def model_repository_path(md: ModelDeployment) -> str:
     if model.scheme in ("http", "https"):
         return ARCHIVE_REPOSITORY
     return model.repository  # s3://, gs://, as:// are read by Triton itself
+
+
+def is_pinned(md: ModelDeployment) -> bool:
+    """Whether the pod pins the version itself: where the repository is a file system it can read.
+
+    Triton reads s3://, gs:// and as:// itself, so there the repository's own version_policy
+    decides which versions load, and it must include spec.model.version (README)."""
+    return md.spec.model.scheme in ("pvc", "http", "https")
+
+
+def model_repository_path(md: ModelDeployment) -> str:
+    """The --model-repository Triton is given, after mounts, fetches and the pin step."""
+    return PINNED_MOUNT if is_pinned(md) else source_repository_path(md)
 
 
 def pvc_claim(md: ModelDeployment) -> str | None:
@@ -138,8 +157,33 @@ def _credentials(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[s
     return [], [{"secretRef": {"name": secret}}], [], []
 
 
+def _pin_container(md: ModelDeployment) -> dict[str, Any]:
+    """Builds the pinned view (pin_version.py): links into the repository, and one config."""
+    return {
+        "name": PIN_CONTAINER,
+        "image": md.spec.triton.image,
+        "imagePullPolicy": md.spec.triton.image_pull_policy,
+        "command": ["python3", "-c", PIN_SCRIPT],
+        "args": [source_repository_path(md), md.model_name, md.spec.model.version, PINNED_MOUNT],
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True},
+                         {"name": "pinned-repository", "mountPath": PINNED_MOUNT}],
+        "securityContext": _restricted_container_security(),
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+    }
+
+
 def _model_volumes(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(triton volumeMounts, volumes, initContainers) for where the model repository lives."""
+    mounts, volumes, init_containers = _repository_volumes(md)
+    if is_pinned(md):
+        mounts.append({"name": "pinned-repository", "mountPath": PINNED_MOUNT, "readOnly": True})
+        volumes.append({"name": "pinned-repository", "emptyDir": {"sizeLimit": "16Mi"}})
+        init_containers.append(_pin_container(md))
+    return mounts, volumes, init_containers
+
+
+def _repository_volumes(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                       list[dict[str, Any]]]:
     claim = pvc_claim(md)
     if claim is not None:
         return ([{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True}],
