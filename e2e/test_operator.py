@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -175,6 +176,44 @@ def test_rollout_to_a_new_version_then_rollback_of_one_triton_does_not_have(name
         md = wait_rolled_back(namespace, "simple", failed="9", serving="2")
     assert condition(md, "Ready")["status"] == "False"
     assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
+
+
+def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(namespace):
+    """Versions 1, 2 and 3 and no version_policy (Triton alone would load only 3): version 1 serves,
+    a rollout to 2 serves 2, and 9 (absent) is rolled back to 2."""
+    repository = model_store(namespace)
+    write_model(repository, "simple", (1, 2, 3), all_versions=False)
+    apply(model_deployment("pinned", namespace))
+    kubectl_wait_ready(namespace, "pinned")
+
+    def serving_pods() -> list[dict]:
+        return [p for p in pods_of(namespace, "pinned") if p["metadata"].get("deletionTimestamp") is None
+                and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
+
+    def versions_ready(pod: dict) -> list[int]:
+        ip, ready = pod["status"]["podIP"], []
+        for version in (1, 2, 3):
+            try:
+                with urllib.request.urlopen(f"http://{ip}:8000/v2/models/simple/versions/{version}/ready", timeout=5):
+                    ready.append(version)
+            except urllib.error.HTTPError:
+                pass
+        return ready
+
+    (pod,) = serving_pods()
+    assert versions_ready(pod) == [1] and infer(pod["status"]["podIP"], "simple", "1") == [1, 2, 3, 4]
+    with ConditionWatch(namespace, "pinned", ("Available",)) as watch:
+        set_version(namespace, "pinned", "2")
+        wait_for("version 2 to serve", lambda: (get_json("md", "pinned", "-n", namespace) or {}).get(
+            "status", {}).get("currentVersion") == "2", timeout=120)
+        kubectl_wait_ready(namespace, "pinned")
+        (pod,) = wait_for("one serving pod", lambda: serving_pods() if len(serving_pods()) == 1 else None)
+        assert versions_ready(pod) == [2] and infer(pod["status"]["podIP"], "simple", "2") == [2, 4, 6, 8]
+        set_version(namespace, "pinned", "9")
+        wait_rolled_back(namespace, "pinned", failed="9", serving="2")
+    assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
+    (pod,) = serving_pods()
+    assert versions_ready(pod) == [2]
 
 
 def test_a_version_whose_load_fails_is_rolled_back(namespace):
