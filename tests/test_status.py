@@ -191,8 +191,26 @@ def test_a_failed_version_is_rolled_back_to_the_current_one():
     assert settled["rollout"]["phase"] == "RolledBack" and settled["currentVersion"] == "3"
     assert cond["Degraded"]["reason"] == "RolledBack" and "version 4 failed" in cond["Degraded"]["message"]
     assert cond["Ready"]["status"] == "False"  # spec asks for 4; 3 serves
-    # A new spec generation retries.
-    assert serving_version(md("4", generation=3), settled) == "4"
+    # Why 4 failed stays in status after the Warning event has gone, with what failed.
+    assert settled["rollout"]["failureMessage"] == "pod new: bad weights"
+    assert settled["rollout"]["failedTemplate"] == failed["rollout"]["failedTemplate"] != ""
+    # Scaling (kubectl scale) or any edit that leaves the pods' template alone does not retry 4 ...
+    scaled = md("4", generation=3, replicas=5)
+    assert serving_version(scaled, settled) == "3"
+    assert derive_status(scaled, serving_world("3"), settled, LATER)["rollout"]["failedVersion"] == "4"
+    # ... a change to what the pods run does, even with the same version (say, a fixed image).
+    fixed = md("4", generation=4, triton={"image": "nvcr.io/nvidia/tritonserver:24.09-py3"})
+    assert serving_version(fixed, settled) == "4"
+    retrying = derive_status(fixed, serving_world("3"), settled, LATER)["rollout"]
+    assert retrying["failedVersion"] == retrying["failureMessage"] == retrying["failedTemplate"] == ""
+
+
+def test_a_status_from_before_failed_templates_retries_on_a_new_generation():
+    serving3 = derive_status(md("3"), serving_world("3"), {}, NOW)
+    old = {**serving3, "observedGeneration": 2, "rollout": {**serving3["rollout"], "failedVersion": "4"}}
+    del old["rollout"]["failedTemplate"]
+    assert serving_version(md("4", generation=2), old) == "3"
+    assert serving_version(md("4", generation=3), old) == "4"
 
 
 def test_no_rollback_when_disabled():

@@ -480,6 +480,11 @@ class RolloutStatus(StatusModel):
     updated_replicas: int = Field(0, description="Pods running the target pod template.")
     desired_replicas: int = Field(0, description="Pods the rollout aims for.")
     failed_version: str = Field("", description="A version whose rollout failed (and was rolled back, if enabled).")
+    failure_message: str = Field("", description="Why failedVersion failed: Triton's error, the crash, or the "
+                                 "progress deadline.")
+    failed_template: str = Field("", description="Fingerprint of the pod template that failed. The failed state "
+                                 "holds until the spec changes what the pods run; scaling or a metadata edit "
+                                 "does not retry it.")
     message: str = Field("", description="What the rollout is doing or why it stopped.")
 
 

@@ -22,6 +22,7 @@ from modeldeploy.api import (
     VersionStatus,
 )
 from modeldeploy.model_health import PodModelReport
+from modeldeploy.render.deployment import pod_template_fingerprint
 from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
@@ -192,17 +193,24 @@ def template_version(deployment: Mapping[str, Any] | None) -> str:
 
 # --- rollback ------------------------------------------------------------------------------
 
-def serving_version(md: ModelDeployment, previous: Mapping[str, Any]) -> str:
-    """The version to put in the pod template: spec's, unless its rollout failed and we roll back.
+def still_failed(md: ModelDeployment, previous: Mapping[str, Any]) -> bool:
+    """Whether the spec still asks for the pod template whose rollout failed.
 
-    A failed version stays rolled back until the spec changes (a new generation retries it).
-    """
+    Only a change to what the pods run retries it: scaling it, or editing its metadata, does not
+    (a status written before failedTemplate existed falls back to the generation)."""
+    rollout = previous.get("rollout") or {}
+    if rollout.get("failedTemplate"):
+        return rollout["failedTemplate"] == pod_template_fingerprint(md)
+    return previous.get("observedGeneration") == md.metadata.generation
+
+
+def serving_version(md: ModelDeployment, previous: Mapping[str, Any]) -> str:
+    """The version to put in the pod template: spec's, unless its rollout failed and we roll back."""
     target = md.spec.model.version
     rollout = previous.get("rollout") or {}
     current = previous.get("currentVersion", "")
-    same_generation = previous.get("observedGeneration") == md.metadata.generation
-    if (md.spec.rollout.auto_rollback and same_generation and rollout.get("failedVersion") == target
-            and current and current != target):
+    if (md.spec.rollout.auto_rollback and rollout.get("failedVersion") == target and current and current != target
+            and still_failed(md, previous)):
         return current
     return target
 
@@ -290,8 +298,9 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
     serving = template_version(deployment) or serving_version(md, previous)
     rolled_back = serving != target
     previous_rollout = previous.get("rollout") or {}
-    same_generation = previous.get("observedGeneration") == md.metadata.generation
-    failed_version = previous_rollout.get("failedVersion", "") if same_generation else ""
+    failed = still_failed(md, previous)
+    failed_version = previous_rollout.get("failedVersion", "") if failed else ""
+    failure_message = previous_rollout.get("failureMessage", "") if failed else ""
 
     current = previous.get("currentVersion", "")
     if progress.complete and serving:
@@ -306,6 +315,8 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
     if not rolled_back and serving == target and target != current and current and observed.problem is None:
         if progress.failed or verdict.failed or target_pod_issues:
             failed_version = target
+            failure_message = (verdict.message if verdict.failed else target_pod_issues[0].message
+                               if target_pod_issues else progress.message)
 
     problems: list[Problem] = list(pod_issues) + list(observed.side_problems)
     if observed.problem is not None:
@@ -406,7 +417,9 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         current_version=current,
         target_version=target,
         rollout=RolloutStatus(phase=phase, updated_replicas=progress.updated, desired_replicas=progress.desired,
-                              failed_version=failed_version, message=progressing[2]),
+                              failed_version=failed_version, failure_message=failure_message if failed_version else "",
+                              failed_template=pod_template_fingerprint(md) if failed_version else "",
+                              message=progressing[2]),
         versions=_versions(pods, observed.reports),
         endpoints=Endpoints(http=f"http://{host}:{HTTP_PORT}", grpc=f"{host}:{GRPC_PORT}",
                             metrics=f"http://{host}:{METRICS_PORT}/metrics"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,13 @@ def _node_selector(md: ModelDeployment) -> dict[str, str]:
     if md.spec.placement.gpu_product:
         selector[naming.GPU_PRODUCT_LABEL] = md.spec.placement.gpu_product
     return dict(sorted(selector.items()))
+
+
+def pod_template_fingerprint(md: ModelDeployment) -> str:
+    """What the pods run, in 16 hex digits: changes with the image, args, resources, version…, and
+    not with replicas, autoscaling, the Service or metadata."""
+    template = render_deployment(md, replicas=None)["spec"]["template"]
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str, Any]:
