@@ -231,6 +231,18 @@ def test_a_version_whose_load_fails_is_rolled_back(namespace):
     assert any(BROKEN_ERROR in e.get("message", "") for e in events if e["type"] == "Warning"), \
         [e.get("message") for e in events]
     assert md["status"]["rollout"]["phase"] == "RolledBack"
+    assert BROKEN_ERROR in md["status"]["rollout"]["failureMessage"]
+    # kubectl scale is a new generation, but not a new pod template: version 2 stays rolled back.
+    kubectl("scale", "md/simple", "-n", namespace, "--replicas=2")
+    wait_for("2 ready pods of version 1", lambda: (get_json("md", "simple", "-n", namespace) or {}).get(
+        "status", {}).get("versions") == [{"version": "1", "replicas": 2, "readyReplicas": 2, "modelReady": 2}],
+        timeout=120)
+    md = get_json("md", "simple", "-n", namespace)
+    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    assert md["status"]["rollout"]["failedVersion"] == "2" and md["status"]["currentVersion"] == "1"
+    labels = get_json("deployment", "simple", "-n", namespace)["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/version"] == "1"
+    assert all(p["metadata"]["labels"]["app.kubernetes.io/version"] == "1" for p in pods_of(namespace, "simple"))
 
 
 def test_a_version_that_makes_triton_exit_crash_loops_and_is_rolled_back(namespace):
