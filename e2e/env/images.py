@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -145,9 +146,7 @@ class Builder:
         server = site / "pytriton" / "tritonserver"
         libs = site / "nvidia_pytriton.libs"
         stub = server / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
-        version = (site / "pytriton" / "__version__.py").read_text() if (site / "pytriton/__version__.py").exists() \
-            else str(sorted(site.glob("nvidia_pytriton-*.dist-info")))
-        key = digest_of(version, str(TRITON_UID), "v1")
+        key = digest_of(importlib.metadata.version("nvidia-pytriton"), str(TRITON_UID), "v1")
         out = self.cache / "layers" / f"triton-{key}.tar"
         if out.exists():
             return Layer(out)
