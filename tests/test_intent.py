@@ -59,6 +59,39 @@ def test_hand_edit_is_drift():
     assert needs_apply(desired, edited)
 
 
+def test_what_others_add_to_keyed_lists_is_not_drift_but_a_change_to_ours_is():
+    """A mesh injects a sidecar, its env and volumes; the API server merges them by key beside ours.
+    Re-applying then would change nothing and post an event on every reconcile."""
+    desired = with_intent_hash(render_children(md(model={"repository": "pvc://store/triton", "version": "3"}),
+                                               replicas=1, owner_uid=UID)["Deployment"])
+    injected = stored(desired)
+    pod = injected["spec"]["template"]["spec"]
+    pod["containers"].insert(0, {"name": "istio-proxy", "image": "proxyv2", "env": [{"name": "A", "value": "1"}]})
+    triton = pod["containers"][1]
+    triton["env"] = [{"name": "MESH", "value": "on"}, *triton.get("env", [])]
+    triton["volumeMounts"].append({"name": "istio-data", "mountPath": "/etc/istio/proxy"})
+    pod["volumes"].append({"name": "istio-data", "emptyDir": {}})
+    pod["initContainers"].insert(0, {"name": "istio-init", "image": "proxyv2"})
+    assert not needs_apply(desired, injected)
+
+    mounted_elsewhere = copy.deepcopy(injected)
+    mounted_elsewhere["spec"]["template"]["spec"]["containers"][1]["volumeMounts"][0]["mountPath"] = "/elsewhere"
+    assert needs_apply(desired, mounted_elsewhere)  # our mount at /dev/shm is gone
+    new_image = copy.deepcopy(injected)
+    new_image["spec"]["template"]["spec"]["containers"][1]["image"] = "evil:latest"
+    assert needs_apply(desired, new_image)
+    no_pin = copy.deepcopy(injected)
+    no_pin["spec"]["template"]["spec"]["initContainers"].pop()
+    assert needs_apply(desired, no_pin)
+
+
+def test_atomic_lists_still_compare_whole():
+    want = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}], "args": ["--a", "--b"]}
+    assert is_subset(want, copy.deepcopy(want))
+    assert not is_subset(want, {**want, "tolerations": [*want["tolerations"], {"key": "x", "operator": "Exists"}]})
+    assert not is_subset(want, {**want, "args": ["--a", "--b", "--c"]})
+
+
 def test_quantities_compare_by_value():
     assert is_subset({"cpu": "1.5", "memory": "1024Mi"}, {"cpu": "1500m", "memory": "1Gi"})
     assert not is_subset({"cpu": "1.5"}, {"cpu": "2"})

@@ -44,12 +44,31 @@ def _same_scalar(want: Any, have: Any) -> bool:
     return False
 
 
+def _merge_key(items: list[Any]) -> str | None:
+    """The key the API server merges a list of objects by, as far as our lists go: volumeMounts by
+    mountPath, and containers, env, ports, volumes… by name. None: an atomic list (tolerations,
+    args, HPA metrics), compared element by element."""
+    if not items or not all(isinstance(item, dict) for item in items):
+        return None
+    for key in ("mountPath", "name"):
+        if all(key in item for item in items):
+            return key
+    return None
+
+
 def is_subset(want: Any, have: Any) -> bool:
-    """Every field we set is present with our value (the server may add defaults around them)."""
+    """Every field we set is present with our value (the server may add defaults around them, and
+    others may add elements to the lists it merges by key: a mesh's sidecar, an injected env var)."""
     if isinstance(want, dict):
         return isinstance(have, dict) and all(k in have and is_subset(v, have[k]) for k, v in want.items())
     if isinstance(want, list):
-        return isinstance(have, list) and len(want) == len(have) and all(map(is_subset, want, have))
+        if not isinstance(have, list):
+            return False
+        key = _merge_key(want)
+        if key is None:
+            return len(want) == len(have) and all(map(is_subset, want, have))
+        theirs = {item.get(key): item for item in have if isinstance(item, dict)}
+        return all(item[key] in theirs and is_subset(item, theirs[item[key]]) for item in want)
     return _same_scalar(want, have)
 
 
