@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -55,6 +56,56 @@ async def test_events_drive_reconciles_end_to_end(state):
     assert ready(fake, "simple")
     assert operator_state.conditions[(NS, "simple")]["Ready"] == "True"
     assert b'modeldeploy_objects{condition="Ready",status="True"} 1.0' in metrics.render_latest()
+
+
+def conditions_of(fake, name):
+    status = fake.get_now(MODEL_DEPLOYMENT, NS, name).get("status") or {}
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+async def test_a_failure_that_persists_shows_in_status_within_one_retry(state, caplog):
+    operator_state, fake = state
+    fake.create(md_object("simple"))
+    # The API server fails the pod list twice (etcd trouble); the third attempt gets through.
+    fake.fail_next("list", POD, ApiError(500, "InternalError", "etcdserver: request timed out"), times=2)
+    caplog.set_level(logging.WARNING, logger="modeldeploy")
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await operator_state.queue.idle()
+    assert conditions_of(fake, "simple") == {}  # one failure may be a blip: status waits for the retry
+    for _ in range(100):  # the retry comes after the first backoff (1 s)
+        if conditions_of(fake, "simple"):
+            break
+        await asyncio.sleep(0.05)
+    cond = conditions_of(fake, "simple")
+    assert cond["Ready"]["status"] == "False" and cond["Ready"]["reason"] == "InternalError"
+    assert "etcdserver: request timed out" in cond["Degraded"]["message"]
+    assert cond["Reconciling"]["status"] == "True" and cond["Stalled"]["status"] == "False"
+    warnings = [e for e in fake.events if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["InternalError"]
+    # API refusals are logged with their text, without a traceback.
+    failures = [r for r in caplog.records if "failed, will retry" in r.getMessage()]
+    assert len(failures) == 2 and all(r.exc_info is None for r in failures)
+    for _ in range(100):  # the next retry (2 s) succeeds, and status tells the truth again
+        if conditions_of(fake, "simple")["Ready"]["reason"] != "InternalError":
+            break
+        await asyncio.sleep(0.05)
+    assert conditions_of(fake, "simple")["Degraded"]["status"] == "False"
+
+
+async def test_an_unexpected_exception_is_logged_with_its_traceback(state, caplog, monkeypatch):
+    operator_state, fake = state
+    fake.create(md_object("simple"))
+
+    async def broken(namespace, name):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(operator_state.reconciler, "reconcile", broken)
+    caplog.set_level(logging.WARNING, logger="modeldeploy")
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await operator_state.queue.idle()
+    (record,) = [r for r in caplog.records if "failed, will retry" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "KeyError: 'a bug'" in caplog.text
 
 
 async def test_children_of_others_are_ignored_and_deletes_are_forgotten(state):

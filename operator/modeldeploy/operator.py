@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, VERSION, metrics, naming
+from modeldeploy.kube import ApiError
 from modeldeploy.reconciler import Outcome, Reconciler
 from modeldeploy.render.capabilities import ServerCapabilities, limitations
 from modeldeploy.workqueue import WorkQueue
@@ -53,7 +54,14 @@ class OperatorState:
 
     async def _reconcile(self, key: tuple[str, str]) -> float | None:
         started = time.monotonic()
-        outcome: Outcome = await self.reconciler.reconcile(*key)
+        try:
+            outcome: Outcome = await self.reconciler.reconcile(*key)
+        except Exception as error:
+            # The previous attempt failed too: the failure persists, so status says so. (A single
+            # failure is often a blip that the first retry, a second later, clears.)
+            if self.queue.failures(key) >= 1:
+                await self.reconciler.report_failure(*key, error)
+            raise
         metrics.observe_reconcile(time.monotonic() - started, outcome.result)
         for probe in outcome.probes:
             metrics.record_triton_probe(probe)
@@ -67,7 +75,10 @@ class OperatorState:
     def _failed(self, key: tuple[str, str], error: BaseException) -> None:
         reason = type(error).__name__
         metrics.observe_reconcile(0.0, "error", error_reason=getattr(error, "reason", "") or reason)
-        log.warning("reconcile of %s/%s failed, will retry: %s", key[0], key[1], error)
+        if isinstance(error, ApiError):  # the API server's refusal says it all
+            log.warning("reconcile of %s/%s failed, will retry: %s", key[0], key[1], error)
+        else:  # a bug, or something unforeseen: the traceback is what a person needs
+            log.error("reconcile of %s/%s failed, will retry", key[0], key[1], exc_info=error)
 
     def _publish_conditions(self) -> None:
         counts: dict[tuple[str, str], int] = {}

@@ -37,6 +37,7 @@ from modeldeploy.status import (
     Problem,
     container_id,
     derive_status,
+    STALLED_REASONS,
     invalid_status,
     is_running,
     is_terminating,
@@ -46,6 +47,14 @@ from modeldeploy.status import (
 from modeldeploy.triton_flags import HTTP_PORT
 
 log = logging.getLogger(__name__)
+
+
+def failure_problem(error: BaseException) -> Problem:
+    """What a failed reconcile tells the user: the API server's reason and text, or the exception."""
+    if isinstance(error, ApiError):
+        return Problem(error.reason or "ApiError", f"reconcile failed, retrying with backoff: {error}", False)
+    return Problem("ReconcileError", f"reconcile failed, retrying with backoff: {type(error).__name__}: {error}",
+                   False)
 
 # While not Ready, the object is looked at again (Triton asked, Secrets re-checked): first after
 # this long, doubling while nothing changes, up to the cap. Changes themselves arrive as watch events.
@@ -246,6 +255,21 @@ class Reconciler:
             await self._post(obj, event)
         outcome.conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
         return outcome
+
+    async def report_failure(self, namespace: str, name: str, error: BaseException) -> None:
+        """A reconcile that keeps failing says so in status (and, through events_for, in one Warning
+        event), with the API server's own text; what is still true of the pods is kept."""
+        problem = failure_problem(error)
+        try:
+            obj = await self.cluster.get(MODEL_DEPLOYMENT, namespace, name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return
+            previous = obj.get("status") or {}
+            status = invalid_status(obj["metadata"].get("generation"), name, problem, previous, self.clock(),
+                                    stalled=problem.reason in STALLED_REASONS)
+            await self._finish(obj, previous, status, Outcome(result="error"))
+        except Exception as report_error:  # noqa: BLE001 - the reconcile's own failure is what matters
+            log.warning("could not write the failure of %s/%s to its status: %s", namespace, name, report_error)
 
     async def _post(self, obj: dict[str, Any], event: Event) -> None:
         await self.cluster.post_event(obj, event.type, event.reason, event.message)

@@ -430,15 +430,20 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
 
 
 def invalid_status(generation: int | None, name: str, problem: Problem, previous: Mapping[str, Any],
-                   now: str) -> dict[str, Any]:
-    """Status for a spec the operator cannot act on: say why, keep what is still true of the pods."""
+                   now: str, *, stalled: bool = True) -> dict[str, Any]:
+    """Status for a spec the operator cannot act on: say why, keep what is still true of the pods.
+
+    stalled: a person must act (a bad spec); otherwise the operator keeps retrying (Reconciling)."""
     before = {c.get("type"): c for c in previous.get("conditions") or []}
     fresh: list[Condition] = []
     for kind in CONDITION_TYPES:
         if kind in ("Ready", "Degraded", "Stalled", "Reconciling"):
-            fresh.append(Condition(type=kind, status="False" if kind in ("Ready", "Reconciling") else "True",
-                                   reason=problem.reason, message=problem.message, last_transition_time="",
-                                   observed_generation=generation))
+            true = {"Ready": False, "Degraded": True, "Stalled": stalled, "Reconciling": not stalled}[kind]
+            quiet = kind == "Stalled" and not stalled
+            fresh.append(Condition(type=kind, status="True" if true else "False",
+                                   reason="NotStalled" if quiet else problem.reason,
+                                   message="" if quiet else problem.message,
+                                   last_transition_time="", observed_generation=generation))
         elif kind in before:
             fresh.append(Condition.model_validate({**before[kind], "observedGeneration": generation}))
         else:

@@ -61,6 +61,10 @@ class WorkQueue:
         self._timers.pop(key, None)
         self.enqueue(key)
 
+    def failures(self, key: Hashable) -> int:
+        """How many reconciles of key in a row have failed (0 after a success)."""
+        return self._failures.get(key, 0)
+
     def forget(self, key: Hashable) -> None:
         """The object is gone: drop its timers and failure count."""
         timer = self._timers.pop(key, None)
