@@ -25,6 +25,7 @@ from modeldeploy.triton import (
     PodTarget,
     ReportCache,
     TritonProbe,
+    READY_TTL_SECONDS,
     TritonUnavailable,
     parse_index,
     parse_signature,
@@ -452,12 +453,20 @@ POD = PodTarget("uid-a", "10.0.0.7", 8000, "m", "1", "containerd://abc")
     (CachedReport(POD, READY), PodTarget("uid-a", "10.0.0.7", 8000, "m", "2", "containerd://abc"), False),  # version
     (CachedReport(POD, READY), PodTarget("uid-a", "10.0.0.7", 8000, "n", "1", "containerd://abc"), False),  # model
     (CachedReport(POD, READY), PodTarget("uid-a", "10.0.0.7", 8000, "m", "1", "containerd://def"), False),  # restart
+    (CachedReport(POD, READY), PodTarget("uid-a", "10.0.0.7", 8000, "m", "1", "containerd://abc", False),
+     False),  # the kubelet's readiness probe says the version went away
     (CachedReport(POD, LOADING), POD, False),
     (CachedReport(POD, FAILED), POD, False),
     (CachedReport(POD, GONE), POD, False),
 ])
 def test_the_cache_decision(cached, asked, expected):
-    assert use_cached(cached, asked) is expected
+    assert use_cached(cached, asked, now=1.0) is expected
+
+
+def test_a_ready_answer_expires():
+    cached = CachedReport(POD, READY, asked_at=100.0)
+    assert use_cached(cached, POD, now=100.0 + READY_TTL_SECONDS - 1)
+    assert not use_cached(cached, POD, now=100.0 + READY_TTL_SECONDS)
 
 
 class CountingProbe(TritonProbe):
@@ -499,3 +508,33 @@ async def test_the_cache_serves_ready_answers_until_the_pod_changes(own_server, 
     cache.forget("pod-a")
     assert len(cache) == 0
     await cache.close()
+
+
+def triton_repository_call(server, model: str, action: str) -> None:
+    request = urllib.request.Request(f"{server.url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+async def test_an_unloaded_model_is_seen_when_the_pod_readiness_flips_or_the_answer_expires(own_server, tritonserver):
+    server = start_tritonserver(tritonserver.model_repository, load_models=("simple",))
+    own_server.append(server)
+    now = [0.0]
+    cache = ReportCache(TritonProbe(timeout_seconds=2.0), clock=lambda: now[0])
+
+    async def ask(kubelet_ready: bool) -> PodModelReport:
+        return await cache.report("pod-a", HOST, server.http_port, "simple", "1", kubelet_ready=kubelet_ready)
+
+    assert (await ask(True)).version_ready
+    triton_repository_call(server, "simple", "unload")
+    assert (await ask(True)).version_ready  # nothing about the pod changed yet: the answer stands
+    # The kubelet's readiness probe fails, the pod's Ready condition flips: Triton is asked again.
+    gone = await ask(False)
+    assert not gone.version_ready and gone.reason == "VersionNotLoaded", gone
+    # Loaded again: READY, and cached. Unloaded behind a pod that still looks Ready (a probe that is
+    # misconfigured, or not run yet): the answer expires, and Triton is asked again.
+    triton_repository_call(server, "simple", "load")
+    assert (await ask(True)).version_ready
+    triton_repository_call(server, "simple", "unload")
+    now[0] += READY_TTL_SECONDS
+    assert not (await ask(True)).version_ready

@@ -39,6 +39,7 @@ from modeldeploy.status import (
     derive_status,
     STALLED_REASONS,
     invalid_status,
+    is_ready,
     is_running,
     is_terminating,
     pod_version,
@@ -66,7 +67,7 @@ _KIND_MISSING = object()  # a child kind whose CRD is not installed
 
 class ModelHealth(Protocol):
     async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str, *,
-                     container_id: str = "") -> Any: ...
+                     container_id: str = "", kubelet_ready: bool | None = None) -> Any: ...
 
     def retain(self, live_pod_uids: set[str]) -> None: ...
 
@@ -220,7 +221,8 @@ class Reconciler:
 
         async def one(pod: dict[str, Any]) -> tuple[str, Any]:
             report = await self.health.report(pod["metadata"]["uid"], pod["status"]["podIP"], self.triton_port,
-                                              md.model_name, pod_version(pod), container_id=container_id(pod))
+                                              md.model_name, pod_version(pod), container_id=container_id(pod),
+                                              kubelet_ready=is_ready(pod))
             outcome.probes.append("unreachable" if not report.reachable else
                                   "ready" if report.version_ready else "not_ready")
             return pod["metadata"]["uid"], report

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -209,36 +210,49 @@ class PodTarget:
     model: str
     version: str
     container_id: str = ""
+    # The pod's Ready condition, as the kubelet last set it from Triton's per-version readiness
+    # probe: it flips when Triton unloads the model, and that pod event must not be answered with
+    # the READY it replaces. None: not known.
+    kubelet_ready: bool | None = None
 
 
 @dataclass(frozen=True)
 class CachedReport:
     target: PodTarget
     report: PodModelReport
+    asked_at: float = 0.0  # monotonic seconds
 
 
-def use_cached(cached: CachedReport | None, asked: PodTarget) -> bool:
+# A READY answer is asked again after this long, even when nothing else about the pod changed.
+READY_TTL_SECONDS = 300.0
+
+
+def use_cached(cached: CachedReport | None, asked: PodTarget, now: float, ttl: float = READY_TTL_SECONDS) -> bool:
     """The cache's whole decision. A READY answer stands for as long as the same pod, at the same IP
-    (and container), is asked about the same model version; any other answer is asked again, since a
-    loading model, a restarting server or an unreachable pod will change."""
-    return cached is not None and cached.target == asked and not should_probe(cached.report)
+    (and container, with the same readiness), is asked about the same model version, for at most
+    `ttl` seconds; any other answer is asked again, since a loading model, a restarting server or an
+    unreachable pod will change."""
+    return (cached is not None and cached.target == asked and not should_probe(cached.report)
+            and now - cached.asked_at < ttl)
 
 
 class ReportCache:
     """Per-pod reports, so steady state asks Triton nothing. One entry per pod uid: the last answer."""
 
-    def __init__(self, probe: TritonProbe) -> None:
+    def __init__(self, probe: TritonProbe, clock: Callable[[], float] = time.monotonic) -> None:
         self.probe = probe
+        self.clock = clock
         self._entries: dict[str, CachedReport] = {}
 
     async def report(self, pod_uid: str, pod_ip: str, port: int, model: str, version: str, *,
-                     container_id: str = "") -> PodModelReport:
-        asked = PodTarget(pod_uid, pod_ip, port, model, version, container_id)
+                     container_id: str = "", kubelet_ready: bool | None = None) -> PodModelReport:
+        asked = PodTarget(pod_uid, pod_ip, port, model, version, container_id, kubelet_ready)
         cached = self._entries.get(pod_uid)
-        if cached is not None and use_cached(cached, asked):
+        now = self.clock()
+        if cached is not None and use_cached(cached, asked, now):
             return cached.report
         report = await self.probe.probe(pod_ip, port, model, version)
-        self._entries[pod_uid] = CachedReport(asked, report)
+        self._entries[pod_uid] = CachedReport(asked, report, now)
         return report
 
     def cached(self, pod_uid: str) -> CachedReport | None:
