@@ -148,7 +148,11 @@ def set_version(namespace: str, name: str, version: str) -> None:
 
 
 def wait_rolled_back(namespace: str, name: str, failed: str, serving: str) -> dict:
-    md = wait_for_condition(namespace, name, "Degraded", reason="RolledBack", timeout=180)
+    """Until the rollback has settled: Degraded says RolledBack as soon as the failure is seen, and
+    rollout.phase turns RolledBack once the old version serves on every pod again."""
+    md = wait_for(f"md/{name} rolled back", lambda: (lambda obj: obj if condition(obj, "Degraded").get(
+        "reason") == "RolledBack" and obj["status"]["rollout"]["phase"] == "RolledBack" else None)(
+        get_json("md", name, "-n", namespace)), timeout=180)
     status = md["status"]
     assert status["rollout"]["failedVersion"] == failed, status
     assert status["currentVersion"] == serving, status
