@@ -220,17 +220,22 @@ def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(name
     assert versions_ready(pod) == [2]
 
 
-def test_a_version_whose_load_fails_is_rolled_back(namespace):
+def roll_out_a_bad_version(namespace: str, model_source: str) -> dict:
+    """Version 1 serves; version 2 (model_source as its model.py) is rolled out and must be rolled
+    back, with Available True throughout. Returns the settled ModelDeployment."""
     repository = simple_store(namespace, versions=(1,))
     apply(model_deployment("simple", namespace))
     kubectl_wait_ready(namespace, "simple")
-    # Version 2 appears in the repository: a model whose initialize raises (the running pods
-    # loaded version 1 before it existed).
-    write_model(repository, "simple", (2,), source=BROKEN_MODEL)
+    write_model(repository, "simple", (2,), source=model_source)
     with ConditionWatch(namespace, "simple", ("Available",)) as watch:
         set_version(namespace, "simple", "2")
         md = wait_rolled_back(namespace, "simple", failed="2", serving="1")
     assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
+    return md
+
+
+def test_a_version_whose_load_fails_is_rolled_back(namespace):
+    md = roll_out_a_bad_version(namespace, BROKEN_MODEL)  # its initialize raises
     events = get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=simple")["items"]
     assert any(BROKEN_ERROR in e.get("message", "") for e in events if e["type"] == "Warning"), \
         [e.get("message") for e in events]
@@ -250,14 +255,7 @@ def test_a_version_whose_load_fails_is_rolled_back(namespace):
 
 
 def test_a_version_that_makes_triton_exit_crash_loops_and_is_rolled_back(namespace):
-    repository = simple_store(namespace, versions=(1,))
-    apply(model_deployment("simple", namespace))
-    kubectl_wait_ready(namespace, "simple")
-    write_model(repository, "simple", (2,), source=EXITING_MODEL)
-    with ConditionWatch(namespace, "simple", ("Available",)) as watch:
-        set_version(namespace, "simple", "2")
-        wait_rolled_back(namespace, "simple", failed="2", serving="1")
-    assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
+    roll_out_a_bad_version(namespace, EXITING_MODEL)
     # The crash-looping pod is gone with the rollback; the kubelet's and the operator's events tell.
     events = get_json("events", "-n", namespace)["items"]
     assert any(e["reason"] == "BackOff" and "restarting failed container" in e["message"] for e in events)
