@@ -33,11 +33,11 @@ from modeldeploy.render import render_children
 from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import pvc_claim
 from modeldeploy.status import (
+    STALLED_REASONS,
     Observed,
     Problem,
     container_id,
     derive_status,
-    STALLED_REASONS,
     invalid_status,
     is_ready,
     is_running,
@@ -50,19 +50,20 @@ from modeldeploy.triton_flags import HTTP_PORT
 log = logging.getLogger(__name__)
 
 
-def failure_problem(error: BaseException) -> Problem:
-    """What a failed reconcile tells the user: the API server's reason and text, or the exception."""
-    if isinstance(error, ApiError):
-        return Problem(error.reason or "ApiError", f"reconcile failed, retrying with backoff: {error}", False)
-    return Problem("ReconcileError", f"reconcile failed, retrying with backoff: {type(error).__name__}: {error}",
-                   False)
-
 # While not Ready, the object is looked at again (Triton asked, Secrets re-checked): first after
 # this long, doubling while nothing changes, up to the cap. Changes themselves arrive as watch events.
 POLL_FIRST_SECONDS = 3.0
 POLL_MAX_SECONDS = 60.0
 
 _KIND_MISSING = object()  # a child kind whose CRD is not installed
+
+
+def failure_problem(error: BaseException) -> Problem:
+    """What a failed reconcile tells the user: the API server's reason and text, or the exception."""
+    if isinstance(error, ApiError):
+        return Problem(error.reason or "ApiError", f"reconcile failed, retrying with backoff: {error}", False)
+    return Problem("ReconcileError", f"reconcile failed, retrying with backoff: {type(error).__name__}: {error}",
+                   False)
 
 
 class ModelHealth(Protocol):
