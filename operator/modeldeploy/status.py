@@ -306,7 +306,14 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
     if progress.complete and serving:
         current = serving
 
+    # Two questions: is the version the template names (the target, or the one rolled back to)
+    # loaded, which decides Ready and failure; and does the version that serves now still serve,
+    # which ModelReady reports: the current version while it has running pods (a rollout or a
+    # rollback leaves them up until the new ones are ready), else the one taking over.
     verdict = model_verdict(md, serving, pods, observed.reports)
+    serving_now = current if current and current != serving and any(
+        pod_version(p) == current and is_running(p) for p in pods) else serving
+    model_ready = verdict if serving_now == serving else model_verdict(md, serving_now, pods, observed.reports)
     pod_issues = pod_problems(pods)
     target_pod_issues = [p for p in pod_problems([q for q in pods if pod_version(q) == target])
                          if p.reason in ("CrashLoopBackOff", "ImagePullBackOff", "CreateContainerConfigError")]
@@ -385,8 +392,8 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
                   last_transition_time="", observed_generation=generation),
         Condition(type="Available", status=available_cond[0], reason=available_cond[1], message=available_cond[2],
                   last_transition_time="", observed_generation=generation),
-        Condition(type="ModelReady", status="True" if verdict.ready else "False", reason=verdict.reason,
-                  message=verdict.message, last_transition_time="", observed_generation=generation),
+        Condition(type="ModelReady", status="True" if model_ready.ready else "False", reason=model_ready.reason,
+                  message=model_ready.message, last_transition_time="", observed_generation=generation),
         Condition(type="Progressing", status=progressing[0], reason=progressing[1], message=progressing[2],
                   last_transition_time="", observed_generation=generation),
         Condition(type="Degraded", status="True" if degraded else "False",
