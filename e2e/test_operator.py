@@ -166,9 +166,8 @@ def test_rollout_to_a_new_version_then_rollback_of_one_triton_does_not_have(name
     simple_store(namespace)
     apply(model_deployment("simple", namespace))
     kubectl_wait_ready(namespace, "simple")
-    # Available must hold throughout. (ModelReady speaks of the target version while a rollout is
-    # under way, so it is False between the old pods going and the new ones loading: issue 8.)
-    with ConditionWatch(namespace, "simple", ("Available",)) as watch:
+    # Serving never stops: Available and ModelReady (about the version that serves) hold throughout.
+    with ConditionWatch(namespace, "simple", ("Available", "ModelReady")) as watch:
         set_version(namespace, "simple", "2")
         wait_for("version 2 to serve", lambda: (get_json("md", "simple", "-n", namespace) or {}).get(
             "status", {}).get("currentVersion") == "2", timeout=120)
@@ -206,7 +205,7 @@ def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(name
 
     (pod,) = serving_pods()
     assert versions_ready(pod) == [1] and infer(pod["status"]["podIP"], "simple", "1") == [1, 2, 3, 4]
-    with ConditionWatch(namespace, "pinned", ("Available",)) as watch:
+    with ConditionWatch(namespace, "pinned", ("Available", "ModelReady")) as watch:
         set_version(namespace, "pinned", "2")
         wait_for("version 2 to serve", lambda: (get_json("md", "pinned", "-n", namespace) or {}).get(
             "status", {}).get("currentVersion") == "2", timeout=120)
@@ -222,12 +221,12 @@ def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(name
 
 def roll_out_a_bad_version(namespace: str, model_source: str) -> dict:
     """Version 1 serves; version 2 (model_source as its model.py) is rolled out and must be rolled
-    back, with Available True throughout. Returns the settled ModelDeployment."""
+    back, with Available and ModelReady True throughout. Returns the settled ModelDeployment."""
     repository = simple_store(namespace, versions=(1,))
     apply(model_deployment("simple", namespace))
     kubectl_wait_ready(namespace, "simple")
     write_model(repository, "simple", (2,), source=model_source)
-    with ConditionWatch(namespace, "simple", ("Available",)) as watch:
+    with ConditionWatch(namespace, "simple", ("Available", "ModelReady")) as watch:
         set_version(namespace, "simple", "2")
         md = wait_rolled_back(namespace, "simple", failed="2", serving="1")
     assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
