@@ -242,8 +242,11 @@ async def test_a_model_that_is_loading(tmp_path, own_server):
     loading = asyncio.create_task(asyncio.to_thread(http_status, load_url, b"{}", 40))
     try:
         async def is_loading():
+            # The probe asks server readiness before the index: the load may start between the two
+            # calls, so one answer can say "ready" and "loading" at once. Wait for one that was
+            # loading throughout (the slow model stays loading until it is released).
             report = await probe.probe(HOST, server.http_port, "slow", "1")
-            return report if report.reason == "ModelLoading" else None
+            return report if report.reason == "ModelLoading" and not report.server_ready else None
 
         report = await eventually(is_loading)
         assert report and report.live and not report.server_ready and report.message == "slow version 1 is loading"
