@@ -76,15 +76,11 @@ def archive_server() -> Iterator[Callable[[str, bytes], str]]:
         server.shutdown()
 
 
-def repository_archive(model: str, version: str) -> bytes:
+def repository_archive(workdir: Path, model: str, version: str) -> bytes:
     """A .tar.gz whose root is a model repository holding `model` at `version`."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar, pytest.MonkeyPatch.context():
-        import tempfile  # noqa: PLC0415
-
-        with tempfile.TemporaryDirectory() as tmp:
-            write_model(Path(tmp), model, (int(version),))
-            tar.add(Path(tmp) / model, arcname=model)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(write_model(workdir, model, (int(version),)), arcname=model)
     return buffer.getvalue()
 
 
@@ -123,11 +119,11 @@ def test_cpu_python_pvc_as_written(example_namespaces):
     kubectl_wait_ready(namespace, md["metadata"]["name"], timeout=180)
 
 
-def test_mig_slice_from_a_checked_archive(example_namespaces, archive_server):
+def test_mig_slice_from_a_checked_archive(example_namespaces, archive_server, tmp_path):
     md = load("mig-slice.yaml")
     namespace = in_namespace(md, example_namespaces)
     model, version = model_of(md)
-    body = repository_archive(model, version)
+    body = repository_archive(tmp_path, model, version)
     # REPLACED: the archive's host and the placeholder sha256 (the path and everything else stay).
     path = "/" + md["spec"]["model"]["repository"].split("://", 1)[1].split("/", 1)[1]
     md["spec"]["model"]["repository"] = archive_server(path, body)
@@ -190,18 +186,15 @@ def s3_put(endpoint: str, bucket: str, key: str = "", body: bytes = b"") -> None
         assert response.status == 200, response.status
 
 
-def test_gpu_onnx_s3_with_its_secret(example_namespaces, s3_server):
+def test_gpu_onnx_s3_with_its_secret(example_namespaces, s3_server, tmp_path):
     md = load("gpu-onnx-s3.yaml")
     namespace = in_namespace(md, example_namespaces)
     model, version = model_of(md)
     bucket, _, prefix = md["spec"]["model"]["repository"].removeprefix("s3://").partition("/")
     s3_put(s3_server, bucket)
-    import tempfile  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in write_model(Path(tmp), model, (int(version),)).rglob("*"):
-            if path.is_file():
-                s3_put(s3_server, bucket, f"{prefix}/{path.relative_to(tmp)}", path.read_bytes())
+    for path in write_model(tmp_path, model, (int(version),)).rglob("*"):
+        if path.is_file():
+            s3_put(s3_server, bucket, f"{prefix}/{path.relative_to(tmp_path)}", path.read_bytes())
     credentials = {"AWS_ACCESS_KEY_ID": "e2e-access-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret-key",
                    "AWS_DEFAULT_REGION": "us-east-1"}
     secret = md["spec"]["model"]["credentialsSecret"]
