@@ -18,9 +18,10 @@ from modeldeploy import operator as op
 from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD, ApiError
 from modeldeploy.reconciler import Reconciler
 from modeldeploy.render.capabilities import OpenAPIUnreadable, ServerCapabilities
-from modeldeploy.triton import ReportCache, TritonProbe
+from modeldeploy.triton import ReportCache
 from tests.support.deployment_controller import settle
 from tests.support.fake_cluster import FakeCluster
+from tests.support.triton_fixtures import SharedServerProbe
 from tests.test_reconciler import NS, md_object
 
 pytestmark = pytest.mark.triton
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.triton
 @pytest.fixture()
 async def state(tritonserver):
     fake = FakeCluster()
-    cache = ReportCache(TritonProbe(timeout_seconds=2.0))
+    cache = ReportCache(SharedServerProbe(tritonserver, timeout_seconds=2.0))
     op.STATE = op.OperatorState(Reconciler(fake, cache, triton_port=tritonserver.http_port), cache)
     op.STATE.queue.start()
     yield op.STATE, fake

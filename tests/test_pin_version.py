@@ -157,7 +157,7 @@ def test_real_triton_reports_a_pinned_version_that_is_not_there(tmp_path):
     with start_tritonserver(view, load_models=("simple",)) as server:
         assert [v for v in (1, 2, 9) if ready(server.url, v)] == [2]  # the readiness probe asks for 9
         index = json.load(urllib.request.urlopen(urllib.request.Request(
-            f"{server.url}/v2/repository/index", data=b"{}"), timeout=5))
+            f"{server.url}/v2/repository/index", data=b"{}", headers=server.repository_api_headers), timeout=5))
     rows = tuple(VersionState(e["name"], e.get("version", ""), e.get("state", ""), e.get("reason", ""))
                  for e in index)
     assert explain_not_ready("simple", "9", rows) == ("VersionNotLoaded", "simple version 9 is not loaded (loaded: 2)")

@@ -33,7 +33,7 @@ def render(doc):
 
 
 def triton(deployment):
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
     return container
 
 
@@ -184,10 +184,12 @@ def test_https_archive_is_fetched_and_checked_then_pinned():
     assert "--model-repository=/pinned-models" in triton(deployment)["args"]
 
 
-def test_cloud_repositories_are_read_by_triton_unpinned():
+def test_cloud_repositories_are_read_by_triton_and_pinned_by_a_sidecar():
     deployment = render(minimal())["Deployment"]
     assert "initContainers" not in pod_spec(deployment)
     assert "--model-repository=s3://models/triton" in triton(deployment)["args"]
+    # The version is pinned in Triton itself, by a sidecar (tests/test_pin_loaded.py).
+    assert [c["name"] for c in pod_spec(deployment)["containers"]] == ["triton", "pin-loaded"]
 
 
 def test_labels_and_a_selector_that_never_changes():

@@ -46,8 +46,9 @@ pytestmark = pytest.mark.triton
 HOST = "127.0.0.1"
 
 
-def http_status(url: str, data: bytes | None = None, timeout: float = 5) -> int:
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+def http_status(url: str, data: bytes | None = None, timeout: float = 5, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status
@@ -111,14 +112,14 @@ async def test_signature_as_triton_reports_it(probe, tritonserver):
 
 
 async def test_a_version_that_is_not_there(probe, tritonserver):
-    report = await probe.probe(HOST, tritonserver.http_port, "simple", "3")
+    report = await probe.probe(HOST, tritonserver.http_port, "simple", "3", pod_uid=tritonserver.pod_uid)
     assert report.reachable and report.live and not report.version_ready and report.signature is None
     assert report.reason == "VersionNotLoaded"
     assert report.message == "simple version 3 is not loaded (loaded: 1, 2)"
 
 
 async def test_a_failed_load_carries_tritons_own_error(probe, tritonserver):
-    report = await probe.probe(HOST, tritonserver.http_port, "broken", "1")
+    report = await probe.probe(HOST, tritonserver.http_port, "broken", "1", pod_uid=tritonserver.pod_uid)
     assert report.reachable and report.live and not report.version_ready
     assert not report.server_ready  # --strict-readiness: a failed model makes the server not ready
     assert report.reason == "ModelLoadFailed"
@@ -126,18 +127,19 @@ async def test_a_failed_load_carries_tritons_own_error(probe, tritonserver):
 
 
 async def test_a_model_not_in_the_repository(probe, tritonserver):
-    report = await probe.probe(HOST, tritonserver.http_port, "resnet50", "1")
+    report = await probe.probe(HOST, tritonserver.http_port, "resnet50", "1", pod_uid=tritonserver.pod_uid)
     assert report.reachable and not report.version_ready
     assert report.reason == "ModelNotFound" and "resnet50" in report.message
 
 
 async def test_a_model_in_the_repository_but_not_loaded(probe, tritonserver):
-    report = await probe.probe(HOST, tritonserver.http_port, "slow", "1")
+    report = await probe.probe(HOST, tritonserver.http_port, "slow", "1", pod_uid=tritonserver.pod_uid)
     assert report.reason == "VersionNotLoaded" and report.message == "slow version 1 is not loaded"
 
 
 async def test_repository_index(probe, tritonserver):
-    index = {(row.name, row.version): row for row in await probe.repository_index(HOST, tritonserver.http_port)}
+    index = {(row.name, row.version): row
+             for row in await probe.repository_index(HOST, tritonserver.http_port, pod_uid=tritonserver.pod_uid)}
     assert {key: row.state for key, row in index.items()} == {
         ("simple", "1"): "READY", ("simple", "2"): "READY", ("broken", "1"): "UNAVAILABLE",
         ("slow", ""): "",  # in the repository, never loaded: a row with a name only
@@ -157,7 +159,7 @@ async def test_repository_index_of_a_dead_server_raises_its_own_error(silent_por
 def test_the_server_runs_the_operators_own_flags(tritonserver):
     rendered = tritonserver_args(model_repository=str(tritonserver.model_repository), model_name="simple",
                                  http_port=tritonserver.http_port, grpc_port=tritonserver.grpc_port,
-                                 metrics_port=tritonserver.metrics_port)
+                                 metrics_port=tritonserver.metrics_port, repository_api_key=tritonserver.pod_uid)
     assert tritonserver.args[:len(rendered)] == rendered
     assert [a for a in tritonserver.args[len(rendered):] if not a.startswith(("--http-address", "--grpc-address",
                                                                            "--backend-directory"))] == \
@@ -186,7 +188,7 @@ async def test_without_strict_readiness_a_failed_load_looks_ready(own_server, tr
     assert http_status(server.url + LIVENESS_PATH) == 200
     assert http_status(server.url + SERVER_READY_PATH) == 200
     assert http_status(server.url + readiness_path("broken", "1")) == 400
-    report = await TritonProbe().probe(HOST, server.http_port, "broken", "1")
+    report = await TritonProbe().probe(HOST, server.http_port, "broken", "1", pod_uid=server.pod_uid)
     assert report.server_ready and report.reason == "ModelLoadFailed"
 
 
@@ -198,7 +200,7 @@ async def test_a_load_model_missing_from_the_repository(own_server, tritonserver
     assert http_status(server.url + LIVENESS_PATH) == 200
     assert http_status(server.url + SERVER_READY_PATH) == 200
     assert http_status(server.url + readiness_path("resnet50", "1")) == 400
-    report = await TritonProbe().probe(HOST, server.http_port, "resnet50", "1")
+    report = await TritonProbe().probe(HOST, server.http_port, "resnet50", "1", pod_uid=server.pod_uid)
     assert report.live and report.server_ready and report.reason == "ModelNotFound"
 
 
@@ -239,13 +241,13 @@ async def test_a_model_that_is_loading(tmp_path, own_server):
     own_server.append(server)
     probe = TritonProbe(timeout_seconds=1.0)
     load_url = f"{server.url}/v2/repository/models/slow/load"
-    loading = asyncio.create_task(asyncio.to_thread(http_status, load_url, b"{}", 40))
+    loading = asyncio.create_task(asyncio.to_thread(http_status, load_url, b"{}", 40, server.repository_api_headers))
     try:
         async def is_loading():
             # The probe asks server readiness before the index: the load may start between the two
             # calls, so one answer can say "ready" and "loading" at once. Wait for one that was
             # loading throughout (the slow model stays loading until it is released).
-            report = await probe.probe(HOST, server.http_port, "slow", "1")
+            report = await probe.probe(HOST, server.http_port, "slow", "1", pod_uid=server.pod_uid)
             return report if report.reason == "ModelLoading" and not report.server_ready else None
 
         report = await eventually(is_loading)
@@ -402,7 +404,7 @@ async def test_every_client_session_is_closed(tritonserver, silent_port, garblin
                 probe.probe(HOST, silent_port, "simple", "1"),
                 probe.probe(HOST, refused.getsockname()[1], "simple", "1"),
                 probe.probe(HOST, garbling_server, "simple", "1"),
-                probe.repository_index(HOST, tritonserver.http_port),
+                probe.repository_index(HOST, tritonserver.http_port, pod_uid=tritonserver.pod_uid),
             )
         cancelled = asyncio.create_task(probe.probe(HOST, silent_port, "simple", "1"))
         await asyncio.sleep(0.05)
@@ -479,9 +481,9 @@ class CountingProbe(TritonProbe):
         super().__init__(*args, **kwargs)
         self.calls = 0
 
-    async def probe(self, host: str, port: int, model: str, version: str) -> PodModelReport:
+    async def probe(self, host: str, port: int, model: str, version: str, **kwargs) -> PodModelReport:
         self.calls += 1
-        return await super().probe(host, port, model, version)
+        return await super().probe(host, port, model, version, **kwargs)
 
 
 async def test_the_cache_serves_ready_answers_until_the_pod_changes(own_server, tritonserver):
@@ -514,13 +516,14 @@ async def test_the_cache_serves_ready_answers_until_the_pod_changes(own_server, 
 
 
 def triton_repository_call(server, model: str, action: str) -> None:
-    request = urllib.request.Request(f"{server.url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST")
+    request = urllib.request.Request(f"{server.url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST",
+                                     headers=server.repository_api_headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
 
 
 async def test_an_unloaded_model_is_seen_when_the_pod_readiness_flips_or_the_answer_expires(own_server, tritonserver):
-    server = start_tritonserver(tritonserver.model_repository, load_models=("simple",))
+    server = start_tritonserver(tritonserver.model_repository, load_models=("simple",), pod_uid="pod-a")
     own_server.append(server)
     now = [0.0]
     cache = ReportCache(TritonProbe(timeout_seconds=2.0), clock=lambda: now[0])

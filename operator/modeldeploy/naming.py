@@ -22,6 +22,10 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 PREFIX = GROUP  # annotations and kopf bookkeeping live under modeldeploy.dev/
 
+# On the pod template, so on every pod: the fingerprint of the template that made it. The
+# rollout tells the pods of a new template from the old ones by it, even when only the image changed.
+POD_TEMPLATE_ANNOTATION = f"{PREFIX}/pod-template"
+
 
 def selector_labels(name: str) -> dict[str, str]:
     """Pod selector of a ModelDeployment: fixed for the object's whole life (selectors are immutable)."""

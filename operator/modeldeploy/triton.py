@@ -36,6 +36,7 @@ from modeldeploy.model_health import (
     should_probe,
     unreachable,
 )
+from modeldeploy.triton_flags import repository_api_headers
 
 __all__ = [
     "CachedReport",
@@ -139,19 +140,21 @@ class TritonProbe:
         # aiohttp's own total timeout per request, in case a request outlives the overall deadline's task.
         return InferenceServerClient(server_address(host, port), conn_timeout=self.timeout_seconds, conn_limit=4)
 
-    async def probe(self, host: str, port: int, model: str, version: str) -> PodModelReport:
+    async def probe(self, host: str, port: int, model: str, version: str, *, pod_uid: str = "") -> PodModelReport:
         """What Triton at host:port says about `version` of `model`. Returns within about
-        timeout_seconds once a slot is free; never raises for anything the server does."""
+        timeout_seconds once a slot is free; never raises for anything the server does. `pod_uid` opens
+        the pod's model-repository API (the index, which explains a version that is not ready):
+        without it, a Triton started with the operator's flags refuses the index (403)."""
         async with self._slot():
             try:
                 async with asyncio.timeout(self.timeout_seconds):
-                    return await self._probe(host, port, model, version)
+                    return await self._probe(host, port, model, version, pod_uid)
             except Exception as error:  # noqa: BLE001 - never raise for the server; CancelledError still propagates
                 detail = self._describe(error)
                 log.debug("Triton at %s:%s: %s", host, port, detail)
                 return unreachable(host, port, detail)
 
-    async def _probe(self, host: str, port: int, model: str, version: str) -> PodModelReport:
+    async def _probe(self, host: str, port: int, model: str, version: str, pod_uid: str) -> PodModelReport:
         async with self._client(host, port) as client:
             live = await client.is_server_live()
             server_ready = await client.is_server_ready()
@@ -164,16 +167,18 @@ class TritonProbe:
                     log.debug("%s version %s ready, then not: %s", model, version, error.message())
                 else:
                     return PodModelReport(True, live, server_ready, True, "", "", parse_signature(metadata, config))
-            reason, message = explain_not_ready(model, version, parse_index(await client.get_model_repository_index()))
+            index = await client.get_model_repository_index(headers=repository_api_headers(pod_uid))
+            reason, message = explain_not_ready(model, version, parse_index(index))
             return PodModelReport(True, live, server_ready, False, reason, message)
 
-    async def repository_index(self, host: str, port: int) -> tuple[VersionState, ...]:
+    async def repository_index(self, host: str, port: int, *, pod_uid: str = "") -> tuple[VersionState, ...]:
         """Triton's repository index: (name, version, state, reason) per model version it knows of.
-        Raises TritonUnavailable (and nothing tritonclient defines) when there is no usable answer."""
+        Raises TritonUnavailable (and nothing tritonclient defines) when there is no usable answer
+        (a Triton started with the operator's flags answers only with the pod's UID: see probe)."""
         async with self._slot():
             try:
                 async with asyncio.timeout(self.timeout_seconds), self._client(host, port) as client:
-                    return parse_index(await client.get_model_repository_index())
+                    return parse_index(await client.get_model_repository_index(headers=repository_api_headers(pod_uid)))
             except Exception as error:  # noqa: BLE001 - one error type out, nothing tritonclient defines
                 raise TritonUnavailable(f"Triton at {host}:{port}: {self._describe(error)}") from None
 
@@ -251,7 +256,7 @@ class ReportCache:
         now = self.clock()
         if cached is not None and use_cached(cached, asked, now):
             return cached.report
-        report = await self.probe.probe(pod_ip, port, model, version)
+        report = await self.probe.probe(pod_ip, port, model, version, pod_uid=pod_uid)
         self._entries[pod_uid] = CachedReport(asked, report, now)
         return report
 

@@ -28,6 +28,24 @@ STARTUP_PATH = LIVENESS_PATH
 # the repository), so it is never used as the pod's readiness: see readiness_path.
 SERVER_READY_PATH = "/v2/health/ready"
 
+# The model-repository API (load, unload, the repository index) answers only requests carrying this
+# header with the pod's own UID as its value: clients of the Service cannot load or unload models,
+# while the operator (which knows each pod's UID) and the pod's own pin-loaded sidecar can. Triton
+# 2.51 refuses a request without it with HTTP 403 ("This API is restricted, expecting header
+# 'modeldeploy-pod-uid'") and gRPC UNAVAILABLE; the header name is case-insensitive, the value is not.
+REPOSITORY_API_HEADER = "modeldeploy-pod-uid"
+# On gRPC, Triton expects the header under this prefix: triton-grpc-protocol-modeldeploy-pod-uid.
+GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
+RESTRICTED_CATEGORY = "model-repository"
+# The pod's UID, given to the Triton container (and the sidecar) by the downward API; the args name it
+# as $(MODELDEPLOY_POD_UID), which the kubelet expands.
+POD_UID_ENV = "MODELDEPLOY_POD_UID"
+
+
+def repository_api_headers(pod_uid: str) -> dict[str, str]:
+    """The HTTP headers that open the model-repository API of the pod whose UID is pod_uid ({} when unknown)."""
+    return {REPOSITORY_API_HEADER: pod_uid} if pod_uid else {}
+
 
 def readiness_path(model: str, version: str) -> str:
     """200 only when this model version is loaded and ready: a pod whose load failed gets no traffic."""
@@ -36,8 +54,14 @@ def readiness_path(model: str, version: str) -> str:
 
 def tritonserver_args(*, model_repository: str, model_name: str, http_port: int = HTTP_PORT,
                       grpc_port: int = GRPC_PORT, metrics_port: int = METRICS_PORT,
-                      exit_timeout_seconds: int = EXIT_TIMEOUT_SECONDS) -> list[str]:
-    """The arguments of the Deployment's `tritonserver` command, in order."""
+                      exit_timeout_seconds: int = EXIT_TIMEOUT_SECONDS,
+                      repository_api_key: str = f"$({POD_UID_ENV})") -> list[str]:
+    """The arguments of the Deployment's `tritonserver` command, in order. `repository_api_key` is the
+    value the model-repository API asks for: the pod's UID, through the kubelet's $(VAR) expansion;
+    the test launcher gives a value of its own. It must not be empty (Triton refuses `...=` at startup)."""
+    if not repository_api_key:
+        raise ValueError("repository_api_key must not be empty: tritonserver refuses to start with an empty value")
+    restricted = f"{RESTRICTED_CATEGORY}:{REPOSITORY_API_HEADER}={repository_api_key}"
     return [
         f"--model-repository={model_repository}",
         # Explicit mode: Triton loads exactly this model (and an ensemble's parts), nothing else in
@@ -59,4 +83,9 @@ def tritonserver_args(*, model_repository: str, model_name: str, http_port: int 
         f"--metrics-port={metrics_port}",
         "--allow-metrics=true",
         "--log-verbose=0",
+        # Only requests carrying the pod's UID may load, unload or list models (see REPOSITORY_API_HEADER).
+        # The syntax is <categories>:<header>=<value>; a category restricted twice (e.g. again in
+        # triton.args) makes tritonserver refuse to start.
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
     ]

@@ -5,7 +5,9 @@ The server runs `tritonserver_args(...)` exactly as the Deployment renders it; t
 additions are what a test machine needs instead of a pod: the ports (free ones unless given),
 --http-address/--grpc-address (the loopback host, never 0.0.0.0), --backend-directory (a copy
 of the wheel's backends with the python backend stub for this interpreter), one --load-model
-per extra model, and the caller's extra_args (which come last, so they win).
+per extra model, and the caller's extra_args (which come last, so they win). The model-repository
+API is restricted as in a pod, with `pod_uid` (a fresh UUID unless given) where the pod has its UID:
+requests to load, unload or list models carry `server.repository_api_headers`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import sys
 import tempfile
 import time
 import urllib.error
+import uuid
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from modeldeploy.triton_flags import EXIT_TIMEOUT_SECONDS, LIVENESS_PATH, tritonserver_args
+from modeldeploy.triton_flags import EXIT_TIMEOUT_SECONDS, LIVENESS_PATH, repository_api_headers, tritonserver_args
 
 SIMPLE_CONFIG = """\
 name: "simple"
@@ -181,11 +184,17 @@ class TritonServer:
     model_repository: Path
     host: str = "127.0.0.1"
     args: list[str] = field(default_factory=list)
+    pod_uid: str = ""  # the key of its model-repository API, as a pod's UID is in a pod
     _final_log: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def repository_api_headers(self) -> dict[str, str]:
+        """What a request to load, unload or list models must carry (the operator's, and the sidecar's)."""
+        return repository_api_headers(self.pod_uid)
 
     @property
     def running(self) -> bool:
@@ -255,14 +264,14 @@ def start_tritonserver(model_repository: Path, *, http_port: int | None = None, 
                        metrics_port: int | None = None, load_models: Sequence[str] = ("simple", "broken"),
                        extra_args: Sequence[str] = (), host: str = "127.0.0.1",
                        exit_timeout_seconds: int = EXIT_TIMEOUT_SECONDS,
-                       startup_timeout: float = 60.0) -> TritonServer:
+                       startup_timeout: float = 60.0, pod_uid: str | None = None) -> TritonServer:
     """Start tritonserver with the operator's flags and wait (at most startup_timeout) until it is live.
 
     In explicit mode Triton serves HTTP only once the startup loads are over, so live means every
     model in load_models was loaded or failed to. Ports left None are chosen free; a collision on
     one of those (another process took it meanwhile) is retried with new ports. A port given and
     already taken raises OSError. A server that exits or is not live in time raises RuntimeError
-    or TimeoutError with its log."""
+    or TimeoutError with its log. `pod_uid` is the key of the model-repository API (a fresh UUID if None)."""
     if not load_models:
         raise ValueError("load_models: name at least one model (the operator always loads one)")
     for port in (http_port, grpc_port, metrics_port):
@@ -275,7 +284,8 @@ def start_tritonserver(model_repository: Path, *, http_port: int | None = None, 
         ports = [port if port is not None else next(chosen) for port in (http_port, grpc_port, metrics_port)]
         try:
             return _start(Path(model_repository), *ports, load_models=tuple(load_models), extra_args=tuple(extra_args),
-                          host=host, exit_timeout_seconds=exit_timeout_seconds, startup_timeout=startup_timeout)
+                          host=host, exit_timeout_seconds=exit_timeout_seconds, startup_timeout=startup_timeout,
+                          pod_uid=pod_uid or str(uuid.uuid4()))
         except _AddressInUse:
             if attempt == attempts:
                 raise
@@ -287,7 +297,8 @@ class _AddressInUse(OSError):
 
 
 def _start(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int, *, load_models: tuple[str, ...],
-           extra_args: tuple[str, ...], host: str, exit_timeout_seconds: int, startup_timeout: float) -> TritonServer:
+           extra_args: tuple[str, ...], host: str, exit_timeout_seconds: int, startup_timeout: float,
+           pod_uid: str) -> TritonServer:
     workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
     try:
         backends = _backends_with_stub(workdir)
@@ -295,14 +306,16 @@ def _start(model_repository: Path, http_port: int, grpc_port: int, metrics_port:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     args = tritonserver_args(model_repository=str(model_repository), model_name=load_models[0], http_port=http_port,
-                             grpc_port=grpc_port, metrics_port=metrics_port, exit_timeout_seconds=exit_timeout_seconds)
+                             grpc_port=grpc_port, metrics_port=metrics_port, exit_timeout_seconds=exit_timeout_seconds,
+                             repository_api_key=pod_uid)
     args += [f"--load-model={name}" for name in load_models[1:]]
     args += [f"--http-address={host}", f"--grpc-address={host}", f"--backend-directory={backends}", *extra_args]
     log_path = workdir / "tritonserver.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([str(tritonserver_binary()), *args], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=_environment(), start_new_session=True)
-    server = TritonServer(process, http_port, grpc_port, metrics_port, log_path, workdir, model_repository, host, args)
+    server = TritonServer(process, http_port, grpc_port, metrics_port, log_path, workdir, model_repository, host, args,
+                          pod_uid)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

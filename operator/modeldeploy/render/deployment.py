@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modeldeploy import naming, pin_version
+from modeldeploy import naming, pin_loaded, pin_version
 from modeldeploy.api import ModelDeployment
 from modeldeploy.triton_flags import (
     EXIT_TIMEOUT_SECONDS,
@@ -16,6 +17,7 @@ from modeldeploy.triton_flags import (
     HTTP_PORT,
     LIVENESS_PATH,
     METRICS_PORT,
+    POD_UID_ENV,
     STARTUP_PATH,
     readiness_path,
     tritonserver_args,
@@ -28,6 +30,9 @@ PIN_CONTAINER = "pin-version"
 PINNED_MOUNT = "/pinned-models"
 # The pin step's program, run with the Triton image's python3 (see pin_version.py).
 PIN_SCRIPT = Path(pin_version.__file__).read_text(encoding="utf-8")
+# Where Triton reads the repository itself (s3, gs, as), a sidecar keeps exactly the version loaded (pin_loaded.py).
+PIN_LOADED_CONTAINER = "pin-loaded"
+PIN_LOADED_SCRIPT = Path(pin_loaded.__file__).read_text(encoding="utf-8")
 TRITON_UID = 1000  # the triton-server user of NVIDIA's images
 MODELS_MOUNT = "/models"
 ARCHIVE_REPOSITORY = f"{MODELS_MOUNT}/repository"
@@ -88,11 +93,46 @@ def source_repository_path(md: ModelDeployment) -> str:
 
 
 def is_pinned(md: ModelDeployment) -> bool:
-    """Whether the pod pins the version itself: where the repository is a file system it can read.
+    """Whether an init container pins the version in a view of the repository: where the repository is
+    a file system the pod can read.
 
-    Triton reads s3://, gs:// and as:// itself, so there the repository's own version_policy
-    decides which versions load, and it must include spec.model.version (README)."""
+    Triton reads s3://, gs:// and as:// itself; there the pin-loaded sidecar (pins_loaded_version)
+    loads the model again with its full config asking for exactly spec.model.version."""
     return md.spec.model.scheme in ("pvc", "http", "https")
+
+
+def pins_loaded_version(md: ModelDeployment) -> bool:
+    """Whether a sidecar pins the version in Triton itself: where Triton reads the repository (s3, gs, as)
+    and no init container can give it a view with one version."""
+    return not is_pinned(md)
+
+
+def _pod_uid_env() -> list[dict[str, Any]]:
+    """The pod's UID (the downward API): the key of Triton's model-repository API (triton_flags).
+    apiVersion is written out because the API server stores it so."""
+    return [{"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}}]
+
+
+def _pin_loaded_container(md: ModelDeployment) -> dict[str, Any]:
+    """Keeps exactly spec.model.version loaded in the pod's Triton (pin_loaded.py), over its loopback."""
+    return {
+        "name": PIN_LOADED_CONTAINER,
+        "image": md.spec.triton.image,
+        "imagePullPolicy": md.spec.triton.image_pull_policy,
+        "command": ["python3", "-c", PIN_LOADED_SCRIPT],
+        "args": [f"127.0.0.1:{HTTP_PORT}", md.model_name, md.spec.model.version],
+        "env": _pod_uid_env(),
+        # Ready once it has done its part for the running Triton (pin_loaded.py): the operator takes
+        # "version not loaded" on the pod as the version failing only then.
+        "readinessProbe": {"exec": {"command": ["test", "-e", pin_loaded.SETTLED_FILE]}, "periodSeconds": 2,
+                           "failureThreshold": 1},
+        "securityContext": _restricted_container_security(),
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+    }
+
+
+def _sidecars(md: ModelDeployment) -> list[dict[str, Any]]:
+    return [_pin_loaded_container(md)] if pins_loaded_version(md) else []
 
 
 def model_repository_path(md: ModelDeployment) -> str:
@@ -226,7 +266,16 @@ def _node_selector(md: ModelDeployment) -> dict[str, str]:
 def pod_template_fingerprint(md: ModelDeployment) -> str:
     """What the pods run, in 16 hex digits: changes with the image, args, resources, version…, and
     not with replicas, autoscaling, the Service or metadata."""
-    template = render_deployment(md, replicas=None)["spec"]["template"]
+    return deployment_template_fingerprint(render_deployment(md, replicas=None))
+
+
+def deployment_template_fingerprint(deployment: Mapping[str, Any] | None) -> str:
+    """The fingerprint a Deployment's pod template carries ("" for one rendered before it did)."""
+    template = (deployment or {}).get("spec", {}).get("template", {})
+    return (template.get("metadata", {}).get("annotations") or {}).get(naming.POD_TEMPLATE_ANNOTATION, "")
+
+
+def _fingerprint(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -250,7 +299,7 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        **({"env": env} if env else {}),
+        "env": [*_pod_uid_env(), *env],
         **({"envFrom": env_from} if env_from else {}),
         **_probes(md),
         "resources": _resources(md),
@@ -270,7 +319,7 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
         # Longer than Triton's own exit timeout, so in-flight requests finish before SIGKILL.
         "terminationGracePeriodSeconds": EXIT_TIMEOUT_SECONDS + 15,
         **({"initContainers": init_containers} if init_containers else {}),
-        "containers": [container],
+        "containers": [container, *_sidecars(md)],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
                                                   "sizeLimit": str(spec.resources.shared_memory)}},
                     *model_volumes, *secret_volumes],
@@ -298,6 +347,8 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
         "revisionHistoryLimit": 5,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     })
+    template = deployment_spec["template"]
+    template["metadata"]["annotations"] = {naming.POD_TEMPLATE_ANNOTATION: _fingerprint(template)}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": naming.child_metadata(md.name, md.namespace, version),
             "spec": deployment_spec}
