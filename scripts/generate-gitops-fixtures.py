@@ -31,6 +31,7 @@ import yaml
 from modeldeploy import naming
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.model_health import ModelSignature, PodModelReport, TensorSpec, VersionState, explain_not_ready
+from modeldeploy.render.deployment import pod_template_fingerprint
 from modeldeploy.status import Observed, Problem, derive_status, invalid_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +60,14 @@ def model_deployment(version: str = "3", *, generation: int = 1, **spec: Any) ->
             "spec": body}
 
 
+def fingerprint(version: str, **spec: Any) -> str:
+    """The pod template fingerprint the operator renders for this spec (on the template and its pods)."""
+    return pod_template_fingerprint(parse_model_deployment(model_deployment(version, **spec)))
+
+
 def deployment(version: str, *, replicas: int = 2, updated: int | None = None, available: int | None = None,
                total: int | None = None, generation: int = 1, progressing: str = "NewReplicaSetAvailable",
-               replica_set: str = "resnet50-7d9f") -> dict[str, Any]:
+               replica_set: str = "resnet50-7d9f", template: str | None = None) -> dict[str, Any]:
     """The Deployment as kube-controller-manager reports it (status fields omitted when 0, as it does)."""
     updated = replicas if updated is None else updated
     available = updated if available is None else available
@@ -84,21 +90,23 @@ def deployment(version: str, *, replicas: int = 2, updated: int | None = None, a
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": NAME, "namespace": NAMESPACE, "generation": generation},
             "spec": {"replicas": replicas,
-                     "template": {"metadata": {"labels": naming.object_labels(NAME, version)}}},
+                     "template": {"metadata": {"labels": naming.object_labels(NAME, version), "annotations": {
+                         naming.POD_TEMPLATE_ANNOTATION: template or fingerprint(version)}}}},
             "status": {k: v for k, v in status.items() if v != 0}}
 
 
 def pod(name: str, version: str = "3", *, ready: bool = True, waiting: dict[str, Any] | None = None,
-        last_exit: int | None = None, unschedulable: str | None = None) -> dict[str, Any]:
+        last_exit: int | None = None, unschedulable: str | None = None, template: str | None = None) -> dict[str, Any]:
     """A pod as the kubelet reports it: running Triton, or stuck (waiting / unschedulable)."""
     meta = {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
-            "labels": naming.object_labels(NAME, version)}
+            "labels": naming.object_labels(NAME, version),
+            "annotations": {naming.POD_TEMPLATE_ANNOTATION: template or fingerprint(version)}}
     if unschedulable is not None:
         status: dict[str, Any] = {"phase": "Pending", "conditions": [
             {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]}
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
     container: dict[str, Any] = {"name": "triton", "image": IMAGE, "ready": ready,
-                                 "restartCount": 0 if last_exit is None else 5,
+                                 "restartCount": 0 if last_exit is None else 2,
                                  "started": waiting is None}
     if waiting is not None:
         container["state"] = {"waiting": waiting}
@@ -225,8 +233,10 @@ def _image_pull_backoff() -> dict[str, Any]:
 
 def _unschedulable() -> dict[str, Any]:
     obj = model_deployment(replicas=1, resources={"gpu": 8})
-    pending = [pod("resnet50-7d9f-a", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")]
-    world = Observed(deployment=deployment("3", replicas=1, available=0), pods=pending)
+    gpus = fingerprint("3", resources={"gpu": 8})
+    pending = [pod("resnet50-7d9f-a", unschedulable="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                   template=gpus)]
+    world = Observed(deployment=deployment("3", replicas=1, available=0, template=gpus), pods=pending)
     return {**obj, "status": derive(obj, world, {}, T0)}
 
 
@@ -331,7 +341,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("model-not-probed-yet", "Pods are up but Triton has not been asked yet: not ready, nothing wrong.",
              _model_not_probed_yet,
              ("Progressing", "ModelStatusUnknown: pod resnet50-7d9f-a: not probed yet"), "InProgress"),
-    Scenario("crash-loop", "Triton's container crashes on start (may clear by itself, so not Stalled).",
+    Scenario("crash-loop", "Triton's container has crashed twice on start: below rollout.failAfterRestarts (3), "
+             "it may clear by itself, so not Stalled.",
              _crash_loop,
              ("Degraded", "CrashLoopBackOff: pod resnet50-7d9f-a: container triton is in CrashLoopBackOff: "
                           "last exit code 1 (Error) (and 1 more pods)"), "InProgress"),
@@ -376,14 +387,16 @@ SCENARIOS: tuple[Scenario, ...] = (
              source="its status is what derive_status gives at 08:05 after the ready scenario's at 08:00"),
     Scenario("rolling-back", "Version 7 failed to load on its first pod; the operator rolls back to 3.",
              _rolling_back,
-             ("Degraded", "RolledBack: version 7 failed and was rolled back to 3: pod resnet50-5c8b-a: "
+             ("Degraded", "RolledBack: version 7 failed and was rolled back to version 3: pod resnet50-5c8b-a: "
                           "resnet50 version 7: Internal: RuntimeError: weights file missing: "
                           "/models/resnet50/7/model.onnx"), "Failed",
              source="its status is what derive_status gives in two steps: 3 ready (08:00), then the first "
                     "pod of version 7 cannot load it (08:05)"),
     Scenario("rolled-back", "Version 7 failed; version 3 serves again and stays until the spec changes.",
              _rolled_back,
-             ("Degraded", "RolledBack: version 7 failed and was rolled back to 3"), "Failed",
+             ("Degraded", "RolledBack: version 7 failed and was rolled back to version 3: pod resnet50-5c8b-a: "
+                          "resnet50 version 7: Internal: RuntimeError: weights file missing: "
+                          "/models/resnet50/7/model.onnx"), "Failed",
              source="its status is what derive_status gives in four steps: the rolling-back scenario's two, "
                     "then 3 back in the template with the pod of 7 still there (08:06), then 3 ready on every "
                     "pod (08:08)"),

@@ -72,7 +72,8 @@ def test_defaults_reach_nested_objects():
     assert spec["replicas"]["default"] == 1
     # The whole object, nested defaults filled in: the API server checks CEL rules on it as written.
     assert spec["rollout"]["default"] == {"strategy": "RollingUpdate", "maxSurge": 1, "maxUnavailable": 0,
-                                          "progressDeadlineSeconds": 600, "autoRollback": True}
+                                          "progressDeadlineSeconds": 600, "autoRollback": True,
+                                          "failAfterRestarts": 3, "failAfterUnhealthySeconds": 120}
     assert spec["resources"]["default"] == {"sharedMemory": "1Gi"}  # empty requests/limits stay absent
 
 

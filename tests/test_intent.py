@@ -43,13 +43,13 @@ def test_changed_intent_needs_apply():
 
 
 def test_dropped_field_changes_the_hash_so_the_server_removes_it():
-    with_class = with_intent_hash(render_children(md(placement={"runtimeClassName": "nvidia"}), replicas=1,
-                                                  owner_uid=UID)["Deployment"])
-    without = with_intent_hash(render_children(md(), replicas=1, owner_uid=UID)["Deployment"])
+    annotated = md(service={"annotations": {"example.com/lb": "internal"}})
+    with_annotation = with_intent_hash(render_children(annotated, replicas=1, owner_uid=UID)["Service"])
+    without = with_intent_hash(render_children(md(), replicas=1, owner_uid=UID)["Service"])
     unannotated = copy.deepcopy(without)
     del unannotated["metadata"]["annotations"]
-    assert is_subset(unannotated, stored(with_class))  # a subset check alone would miss it
-    assert needs_apply(without, stored(with_class))
+    assert is_subset(unannotated, stored(with_annotation))  # a subset check alone would miss it
+    assert needs_apply(without, stored(with_annotation))
 
 
 def test_hand_edit_is_drift():

@@ -7,28 +7,33 @@ model-readiness answer comes from a real Triton serving `simple` (versions 1 and
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from modeldeploy.api import CONDITION_TYPES
 from modeldeploy.kube import DEPLOYMENT, HPA, MODEL_DEPLOYMENT, PDB, SERVICE, SERVICE_MONITOR, ApiError
 from modeldeploy.reconciler import POLL_FIRST_SECONDS, Reconciler
 from modeldeploy.render.capabilities import ServerCapabilities
-from modeldeploy.triton import ReportCache, TritonProbe
+from modeldeploy.triton import ReportCache
 from tests.support.deployment_controller import rolling, settle
 from tests.support.fake_cluster import FakeCluster
+from tests.support.triton_fixtures import SharedServerProbe
 
 NS = "vision"
 pytestmark = pytest.mark.triton
 
 
 class Clock:
+    """A second passes at each look; advance() lets more pass."""
+
     def __init__(self) -> None:
-        self._ticks = itertools.count()
+        self._seconds = 0
 
     def __call__(self) -> str:
-        return f"2026-11-23T10:{next(self._ticks) % 60:02d}:00Z"
+        self._seconds += 1
+        return f"2026-11-23T{10 + self._seconds // 3600:02d}:{self._seconds // 60 % 60:02d}:{self._seconds % 60:02d}Z"
+
+    def advance(self, seconds: int) -> None:
+        self._seconds += seconds
 
 
 def spec(**extra):
@@ -50,7 +55,7 @@ def fake():
 
 @pytest.fixture()
 async def reconciler(fake, tritonserver):
-    probe = TritonProbe(timeout_seconds=2.0)
+    probe = SharedServerProbe(tritonserver, timeout_seconds=2.0)
     yield Reconciler(fake, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock())
     await probe.close()
 
@@ -206,7 +211,7 @@ class OldApiServer(FakeCluster):
 @pytest.fixture()
 async def make_reconciler(tritonserver):
     """Reconcilers against a given cluster, as the operator builds them after discovery."""
-    probe = TritonProbe(timeout_seconds=2.0)
+    probe = SharedServerProbe(tritonserver, timeout_seconds=2.0)
 
     def make(cluster, capabilities=ServerCapabilities()):
         return Reconciler(cluster, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock(),
@@ -356,6 +361,50 @@ async def test_a_version_that_cannot_load_is_rolled_back(fake, reconciler):
     assert condition(fake, "Degraded")["reason"] == "RolledBack"
     assert condition(fake, "Ready")["status"] == "False"
     assert any(e["type"] == "Warning" and e["reason"] == "RolledBack" for e in fake.events)
+
+
+def triton_image(fake):
+    return fake.get_now(DEPLOYMENT, NS, "simple")["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+async def test_a_crash_looping_image_change_is_rolled_back_in_the_reconcile_that_sees_it(fake, reconciler):
+    fake.create(md_object(replicas=2))
+    await converge(fake, reconciler)
+    good = triton_image(fake)
+    fake.update_spec(MODEL_DEPLOYMENT, NS, "simple", {"triton": {"image": "registry.example.com/triton:broken"}})
+    await reconciler.reconcile(NS, "simple")
+    assert triton_image(fake) == "registry.example.com/triton:broken"
+    rolling(fake, NS, "simple", updated=1, waiting_reason="CrashLoopBackOff")  # the kubelet: 5 restarts
+    await reconciler.reconcile(NS, "simple")
+    assert triton_image(fake) == good  # the same reconcile put the previous image back
+    rollout = status_of(fake)["rollout"]
+    assert rollout["phase"] == "Progressing" and condition(fake, "Progressing")["reason"] == "RollingBack"
+    assert rollout["failedVersion"] == "1" and "restarted 5 times" in rollout["failureMessage"]
+    settle(fake, NS, "simple")
+    await reconciler.reconcile(NS, "simple")
+    assert status_of(fake)["rollout"]["phase"] == "RolledBack"
+    assert "the change of triton.image" in condition(fake, "Degraded")["message"]
+    # Scaling is not a new template: the broken image stays away, and the failure stays in status.
+    fake.scale(MODEL_DEPLOYMENT, NS, "simple", 3)
+    await reconciler.reconcile(NS, "simple")
+    assert triton_image(fake) == good and fake.get_now(DEPLOYMENT, NS, "simple")["spec"]["replicas"] == 3
+    assert status_of(fake)["rollout"]["failedTemplate"] == rollout["failedTemplate"]
+
+
+async def test_an_image_pull_that_keeps_failing_is_rolled_back_after_the_grace(fake, reconciler):
+    fake.create(md_object(rollout={"failAfterUnhealthySeconds": 30}))
+    await converge(fake, reconciler)
+    good = triton_image(fake)
+    fake.update_spec(MODEL_DEPLOYMENT, NS, "simple", {"triton": {"image": "registry.example.com/triton:typo"}})
+    await reconciler.reconcile(NS, "simple")
+    rolling(fake, NS, "simple", updated=1, waiting_reason="ImagePullBackOff")
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert triton_image(fake) != good and status_of(fake)["rollout"]["unhealthySince"]
+    assert outcome.requeue_after <= 31  # looked at again when the grace ends, not a poll later
+    reconciler.clock.advance(31)
+    await reconciler.reconcile(NS, "simple")
+    assert triton_image(fake) == good
+    assert "ImagePullBackOff" in status_of(fake)["rollout"]["failureMessage"]
 
 
 # --- bad and hostile input ----------------------------------------------------------------

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from modeldeploy.api import CONDITION_TYPES
 from modeldeploy.errors import parse_model_deployment
-from modeldeploy.status import (
-    Observed,
-    Problem,
-    derive_status,
-    invalid_status,
-    pod_problems,
-    rollout_progress,
-    serving_version,
-)
+from modeldeploy.pods import Problem, container_id, is_running, pod_problems, rollout_progress
+from modeldeploy.status import Observed, derive_status, invalid_status
 from tests.support.specs import minimal
 from tests.support.world import Report, deployment, pod
 
@@ -175,50 +168,6 @@ def test_invalid_spec_keeps_what_is_still_true_of_the_pods():
     assert status["currentVersion"] == "3"
 
 
-def test_a_failed_version_is_rolled_back_to_the_current_one():
-    serving3 = derive_status(md("3"), serving_world("3"), {}, NOW)
-    pods = [pod("old", "3"), pod("new", "4", ready=False)]
-    failing = Observed(deployment=deployment("4", replicas=1, updated=1, ready=0, total=2), pods=pods,
-                       reports={"uid-old": Report(), "uid-new": Report(version_ready=False, reason="ModelLoadFailed",
-                                                                          message="bad weights")})
-    md4 = md("4", generation=2)
-    failed = derive_status(md4, failing, {**serving3, "observedGeneration": 2}, LATER)
-    assert failed["rollout"]["failedVersion"] == "4"
-    assert serving_version(md4, failed) == "3"  # the next render puts version 3 back
-    # The Deployment is back on version 3 and settled: rolled back, honest about it.
-    settled = derive_status(md4, serving_world("3"), failed, LATER)
-    cond = conditions(settled)
-    assert settled["rollout"]["phase"] == "RolledBack" and settled["currentVersion"] == "3"
-    assert cond["Degraded"]["reason"] == "RolledBack" and "version 4 failed" in cond["Degraded"]["message"]
-    assert cond["Ready"]["status"] == "False"  # spec asks for 4; 3 serves
-    # Why 4 failed stays in status after the Warning event has gone, with what failed.
-    assert settled["rollout"]["failureMessage"] == "pod new: bad weights"
-    assert settled["rollout"]["failedTemplate"] == failed["rollout"]["failedTemplate"] != ""
-    # Scaling (kubectl scale) or any edit that leaves the pods' template alone does not retry 4 ...
-    scaled = md("4", generation=3, replicas=5)
-    assert serving_version(scaled, settled) == "3"
-    assert derive_status(scaled, serving_world("3"), settled, LATER)["rollout"]["failedVersion"] == "4"
-    # ... a change to what the pods run does, even with the same version (say, a fixed image).
-    fixed = md("4", generation=4, triton={"image": "nvcr.io/nvidia/tritonserver:24.09-py3"})
-    assert serving_version(fixed, settled) == "4"
-    retrying = derive_status(fixed, serving_world("3"), settled, LATER)["rollout"]
-    assert retrying["failedVersion"] == retrying["failureMessage"] == retrying["failedTemplate"] == ""
-
-
-def test_a_status_from_before_failed_templates_retries_on_a_new_generation():
-    serving3 = derive_status(md("3"), serving_world("3"), {}, NOW)
-    old = {**serving3, "observedGeneration": 2, "rollout": {**serving3["rollout"], "failedVersion": "4"}}
-    del old["rollout"]["failedTemplate"]
-    assert serving_version(md("4", generation=2), old) == "3"
-    assert serving_version(md("4", generation=3), old) == "4"
-
-
-def test_no_rollback_when_disabled():
-    serving3 = derive_status(md("3"), serving_world("3"), {}, NOW)
-    failed = {**serving3, "observedGeneration": 2, "rollout": {**serving3["rollout"], "failedVersion": "4"}}
-    assert serving_version(md("4", generation=2, rollout={"autoRollback": False}), failed) == "4"
-
-
 def test_rollout_progress_follows_kubectl_rollout_status():
     assert rollout_progress(deployment(generation=2, observed_generation=1)).message.startswith("waiting")
     assert not rollout_progress(deployment(replicas=3, updated=2)).complete
@@ -229,16 +178,12 @@ def test_rollout_progress_follows_kubectl_rollout_status():
 
 
 def test_a_crash_looping_container_is_not_asked_about_its_model():
-    from modeldeploy.status import is_running
-
     assert is_running(pod("a"))
     looping = pod("b", ready=False, waiting="CrashLoopBackOff")
     assert looping["status"]["phase"] == "Running" and not is_running(looping)
 
 
 def test_a_container_still_loading_is_not_asked_and_a_restart_is_a_new_question():
-    from modeldeploy.status import container_id, is_running
-
     loading = pod("a")
     loading["status"]["containerStatuses"] = [{"name": "triton", "state": {"running": {}}, "started": False,
                                                "containerID": "containerd://1"}]

@@ -332,7 +332,15 @@ class RolloutSpec(ApiModel):
         600, ge=30, le=86400,
         description="A rollout that makes no progress for this long has failed (ProgressDeadlineExceeded).")
     auto_rollback: bool = Field(
-        True, description="Roll back to the last version that served when a version rollout fails.")
+        True, description=("Roll back to the last pod template that served (its version, image, args and "
+                           "resources) when a rollout fails."))
+    fail_after_restarts: int = Field(
+        3, ge=1, le=1000,
+        description="A new pod template fails once a container of one of its pods has restarted this many times.")
+    fail_after_unhealthy_seconds: int = Field(
+        120, ge=0, le=86400,
+        description=("A new pod template fails once one of its pods has stayed in CrashLoopBackOff, "
+                     "ImagePullBackOff, CreateContainerConfigError or CreateContainerError this long."))
     canary: CanarySpec | None = Field(None, description="Canary steps (reserved; validated now).")
 
     rules = (
@@ -479,12 +487,24 @@ class RolloutStatus(StatusModel):
         "Idle", description="Idle, Progressing (a rolling update is under way), Failed or RolledBack.")
     updated_replicas: int = Field(0, description="Pods running the target pod template.")
     desired_replicas: int = Field(0, description="Pods the rollout aims for.")
-    failed_version: str = Field("", description="A version whose rollout failed (and was rolled back, if enabled).")
-    failure_message: str = Field("", description="Why failedVersion failed: Triton's error, the crash, or the "
+    target_template: str = Field("", description="Fingerprint of the pod template the spec asks for (on each "
+                                 "pod as the modeldeploy.dev/pod-template annotation).")
+    stable_template: str = Field("", description="Fingerprint of the last pod template that served on every pod "
+                                 "with Triton reporting its version ready: what a rollback restores.")
+    stable_version: str = Field("", description="The model version of stableTemplate.")
+    stable_spec: dict[str, Any] | None = Field(
+        None, description="spec.model, triton, resources and placement of stableTemplate, as they were.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    failed_version: str = Field("", description="The model version of a pod template whose rollout failed (and "
+                                "was rolled back, if enabled).")
+    failure_message: str = Field("", description="Why failedTemplate failed: Triton's error, the crash, or the "
                                  "progress deadline.")
     failed_template: str = Field("", description="Fingerprint of the pod template that failed. The failed state "
                                  "holds until the spec changes what the pods run; scaling or a metadata edit "
                                  "does not retry it.")
+    unhealthy_since: str | None = Field(None, description="Since when a pod of targetTemplate has been waiting "
+                                        "in CrashLoopBackOff, ImagePullBackOff or a container config error.",
+                                        json_schema_extra={"format": "date-time"})
     message: str = Field("", description="What the rollout is doing or why it stopped.")
 
 

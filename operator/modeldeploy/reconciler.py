@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from modeldeploy import naming
+from modeldeploy import naming, rollout
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.events import Event, events_for
 from modeldeploy.intent import Plan, plan, replicas_intent
@@ -32,19 +32,8 @@ from modeldeploy.kube import (
 from modeldeploy.render import render_children
 from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import pvc_claim
-from modeldeploy.status import (
-    STALLED_REASONS,
-    Observed,
-    Problem,
-    container_id,
-    derive_status,
-    invalid_status,
-    is_ready,
-    is_running,
-    is_terminating,
-    pod_version,
-    serving_version,
-)
+from modeldeploy.pods import Problem, container_id, is_ready, is_running, is_terminating, pod_version
+from modeldeploy.status import STALLED_REASONS, Observed, derive_status, invalid_status
 from modeldeploy.triton_flags import HTTP_PORT
 
 log = logging.getLogger(__name__)
@@ -134,13 +123,18 @@ class Reconciler:
                 "monitoring.serviceMonitor is set but the ServiceMonitor kind (Prometheus Operator) is not installed",
                 False))
 
-        desired = render_children(md.with_model_version(serving_version(md, previous)),
-                                  replicas=replicas_intent(md, observed.get("Deployment")), owner_uid=uid,
-                                  capabilities=self.capabilities)
+        # The rollout is decided from what the pods and Triton said before this reconcile acts, so a
+        # failed template is rolled back by the same reconcile that sees it fail.
+        pods = [p for p in await self.cluster.list(POD, namespace, naming.selector_string(name))
+                if not is_terminating(p)]
+        outcome = Outcome()
+        reports = await self._probe(md, pods, outcome)
+        decision = rollout.decide(md, previous, observed.get("Deployment"), pods, reports, self.clock())
+        desired = render_children(decision.render, replicas=replicas_intent(md, observed.get("Deployment")),
+                                  owner_uid=uid, capabilities=self.capabilities)
         if not monitor_kind_installed:
             desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
 
-        outcome = Outcome()
         problem = await self._preflight(md)
         todo = plan(desired, observed, uid)
         if todo.conflicts:
@@ -150,14 +144,16 @@ class Reconciler:
             problem = await self._dry_run(todo.apply)
         changes = await self._act(todo, observed, outcome) if problem is None else Changes()
 
-        pods = [p for p in await self.cluster.list(POD, namespace, naming.selector_string(name))
-                if not is_terminating(p)]
-        reports = await self._probe(md, pods, outcome)
         status = derive_status(md, Observed(deployment=observed.get("Deployment"), pods=pods, reports=reports,
-                                            problem=problem, side_problems=side_problems), previous, self.clock())
+                                            problem=problem, side_problems=side_problems), previous, self.clock(),
+                               decision)
         if problem is not None:
             outcome.result = "invalid"
-        return await self._finish(obj, previous, status, outcome, changes)
+        outcome = await self._finish(obj, previous, status, outcome, changes)
+        if decision.recheck_after is not None:
+            # Look again when a pod's unhealthy wait would fail the template, not a poll later.
+            outcome.requeue_after = min(outcome.requeue_after or POLL_MAX_SECONDS, decision.recheck_after + 1)
+        return outcome
 
     async def _act(self, todo: Plan, observed: dict[str, Any], outcome: Outcome) -> Changes:
         """Apply and delete as planned; `observed` then holds what the API server stored."""

@@ -297,7 +297,9 @@ def _set_pod_state(fake: FakeCluster, pod: dict[str, Any], *, ready: bool, pod_i
         entry: dict[str, Any] = {"name": container["name"], "image": container.get("image", ""), "imageID": "",
                                  "containerID": "", "restartCount": 0, "ready": False, "started": False}
         if waiting_reason is None:
-            entry.update(state={"running": {"startedAt": since}}, ready=ready, started=True,
+            # `ready` is Triton's readiness; a sidecar (pin-loaded) is ready once it runs.
+            entry.update(state={"running": {"startedAt": since}}, ready=ready or container["name"] != "triton",
+                         started=True,
                          imageID=f"{container.get('image', '')}@sha256:{'0' * 64}",
                          containerID=f"containerd://{hashlib.sha256(pod_name.encode()).hexdigest()}")
         elif waiting_reason in ("CrashLoopBackOff", "RunContainerError"):

@@ -16,7 +16,9 @@ def Report(version_ready: bool = True, reason: str = "", message: str = "") -> P
 
 def deployment(version: str = "3", *, replicas: int = 2, updated: int | None = None, ready: int | None = None,
                available: int | None = None, total: int | None = None, generation: int = 1,
-               observed_generation: int | None = None, deadline_exceeded: bool = False) -> dict[str, Any]:
+               observed_generation: int | None = None, deadline_exceeded: bool = False,
+               template: str = "") -> dict[str, Any]:
+    """A Deployment as the API server shows it; `template` is the fingerprint its pod template carries."""
     updated = replicas if updated is None else updated
     ready = updated if ready is None else ready
     available = ready if available is None else available
@@ -32,8 +34,9 @@ def deployment(version: str = "3", *, replicas: int = 2, updated: int | None = N
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "resnet50", "namespace": "vision", "generation": generation},
-        "spec": {"replicas": replicas, "template": {"metadata": {"labels": naming.object_labels("resnet50",
-                                                                                                  version)}}},
+        "spec": {"replicas": replicas, "template": {"metadata": {
+            "labels": naming.object_labels("resnet50", version),
+            **({"annotations": {naming.POD_TEMPLATE_ANNOTATION: template}} if template else {})}}},
         "status": {"observedGeneration": generation if observed_generation is None else observed_generation,
                    "replicas": replicas if total is None else total, "updatedReplicas": updated,
                    "readyReplicas": ready, "availableReplicas": available, "conditions": conditions},
@@ -41,7 +44,9 @@ def deployment(version: str = "3", *, replicas: int = 2, updated: int | None = N
 
 
 def pod(name: str, version: str = "3", *, ready: bool = True, ip: str = "10.0.0.1", waiting: str | None = None,
-        unschedulable: str | None = None, last_exit: int | None = None) -> dict[str, Any]:
+        unschedulable: str | None = None, last_exit: int | None = None, template: str = "",
+        restarts: int = 0) -> dict[str, Any]:
+    """A pod as the API server shows it; `template` is the fingerprint of the template that made it."""
     conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
     status: dict[str, Any] = {"phase": "Running", "podIP": ip, "conditions": conditions}
     if unschedulable is not None:
@@ -53,7 +58,14 @@ def pod(name: str, version: str = "3", *, ready: bool = True, ip: str = "10.0.0.
         if last_exit is not None:
             container["lastState"] = {"terminated": {"exitCode": last_exit, "reason": "Error"}}
         status["containerStatuses"] = [container]
+    if restarts:
+        container = (status.get("containerStatuses") or [{"name": "triton", "ready": ready,
+                                                          "state": {"running": {}}, "started": True}])[0]
+        container["restartCount"] = restarts
+        container.setdefault("lastState", {"terminated": {"exitCode": 1, "reason": "Error"}})
+        status["containerStatuses"] = [container]
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "vision", "uid": f"uid-{name}",
-                         "labels": naming.object_labels("resnet50", version)},
+                         "labels": naming.object_labels("resnet50", version),
+                         **({"annotations": {naming.POD_TEMPLATE_ANNOTATION: template}} if template else {})},
             "status": status}
