@@ -16,7 +16,7 @@ from typing import Any
 
 from e2e.conftest import apply, get_json, kubectl, kubectl_wait_ready, model_deployment, pods_of, wait_for
 from e2e.test_examples import s3_put, s3_server  # noqa: F401 - s3_server is a fixture
-from e2e.test_operator import ConditionWatch, infer, set_version, wait_rolled_back
+from e2e.test_operator import ConditionWatch, infer, set_version, versions_ready, wait_rolled_back
 from modeldeploy.render.deployment import PIN_LOADED_CONTAINER
 from modeldeploy.triton_flags import REPOSITORY_API_HEADER
 from tests.support.tritonserver import write_model
@@ -29,18 +29,6 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e-access-key", "AWS_SECRET_ACCESS_KEY": "
 def serving_pods(namespace: str) -> list[dict[str, Any]]:
     return [p for p in pods_of(namespace, NAME) if p["metadata"].get("deletionTimestamp") is None
             and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
-
-
-def versions_ready(pod: dict[str, Any]) -> list[int]:
-    """As test_operator's test asks: the per-version ready endpoints of the pod's Triton."""
-    ip, ready = pod["status"]["podIP"], []
-    for version in (1, 2, 3):
-        try:
-            with urllib.request.urlopen(f"http://{ip}:8000/v2/models/simple/versions/{version}/ready", timeout=5):
-                ready.append(version)
-        except urllib.error.HTTPError:
-            pass
-    return ready
 
 
 def repository_index(pod: dict[str, Any], uid: str | None) -> tuple[int, Any]:

@@ -183,6 +183,18 @@ def test_rollout_to_a_new_version_then_rollback_of_one_triton_does_not_have(name
     assert watch.falses() == [], f"serving was interrupted: {watch.falses()}"
 
 
+def versions_ready(pod: dict) -> list[int]:
+    """Which of versions 1, 2 and 3 of `simple` the pod's Triton says are ready."""
+    ip, ready = pod["status"]["podIP"], []
+    for version in (1, 2, 3):
+        try:
+            with urllib.request.urlopen(f"http://{ip}:8000/v2/models/simple/versions/{version}/ready", timeout=5):
+                ready.append(version)
+        except urllib.error.HTTPError:
+            pass
+    return ready
+
+
 def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(namespace):
     """Versions 1, 2 and 3 and no version_policy (Triton alone would load only 3): version 1 serves,
     a rollout to 2 serves 2, and 9 (absent) is rolled back to 2."""
@@ -194,16 +206,6 @@ def test_each_pod_serves_exactly_its_version_whatever_the_repository_policy(name
     def serving_pods() -> list[dict]:
         return [p for p in pods_of(namespace, "pinned") if p["metadata"].get("deletionTimestamp") is None
                 and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
-
-    def versions_ready(pod: dict) -> list[int]:
-        ip, ready = pod["status"]["podIP"], []
-        for version in (1, 2, 3):
-            try:
-                with urllib.request.urlopen(f"http://{ip}:8000/v2/models/simple/versions/{version}/ready", timeout=5):
-                    ready.append(version)
-            except urllib.error.HTTPError:
-                pass
-        return ready
 
     (pod,) = serving_pods()
     assert versions_ready(pod) == [1] and infer(pod["status"]["podIP"], "simple", "1") == [1, 2, 3, 4]

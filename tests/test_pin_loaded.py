@@ -25,7 +25,8 @@ import pytest
 from modeldeploy import pin_loaded
 from modeldeploy.api import ModelDeployment
 from modeldeploy.model_health import VersionState, explain_not_ready
-from modeldeploy.pin_loaded import LOADING, OK, PIN, WAIT, Pinner, Triton, TritonError, backoff_seconds, decide, pinned_config
+from modeldeploy.pin_loaded import (LOADING, OK, PIN, WAIT, Pinner, Triton, TritonError, backoff_seconds, decide,
+                                    pinned_config)
 from modeldeploy.render.deployment import (PIN_LOADED_CONTAINER, PIN_LOADED_SCRIPT, pins_loaded_version,
                                            render_deployment)
 from modeldeploy.triton import TritonProbe
@@ -147,7 +148,8 @@ def test_a_load_that_is_accepted_but_changes_nothing_is_not_repeated_at_once():
     for _ in range(5):
         pinner.step()
     assert pinner.loads == 1 and pinner.retry_at == 10.0
-    assert said[-1] == "Triton accepted the pinned config, yet m has version 3 ready, not exactly 2; trying again in 10s"
+    assert said[-1] == ("Triton accepted the pinned config, yet m has version 3 ready, not exactly 2; "
+                        "trying again in 10s")
 
 
 def test_a_pinned_triton_is_only_asked_and_said_once():

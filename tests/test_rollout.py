@@ -248,7 +248,8 @@ def test_the_failure_is_held_while_the_spec_asks_for_the_same_template():
     assert failed["rollout"]["failedTemplate"] == fp(v4) and failed["rollout"]["failedVersion"] == "4"
     back = running(v3)
     pods = pods_of(v3)
-    for same in (v4, md("4", generation=3, replicas=5), md("4", generation=4, autoscaling={"maxReplicas": 4, "targetQueueTimeMicroseconds": 500})):
+    autoscaled = md("4", generation=4, autoscaling={"maxReplicas": 4, "targetQueueTimeMicroseconds": 500})
+    for same in (v4, md("4", generation=3, replicas=5), autoscaled):
         decision = decide(same, failed, back, pods, ready_reports(pods))
         assert decision.failure.message == "pod new0: weights file missing", same.spec
         assert fp(decision.render) == fp(v3)

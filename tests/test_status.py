@@ -207,3 +207,20 @@ def test_the_deadline_message_is_said_once():
     observed = Observed(deployment=deployment(replicas=2, updated=1, deadline_exceeded=True), pods=[])
     message = conditions(derive_status(md(), observed, {}, NOW))["Ready"]["message"]
     assert message.count("has timed out progressing") == 1
+
+
+def test_a_version_the_sidecar_has_not_pinned_yet_is_loading_not_failed():
+    """s3/gs/as: until the pin-loaded sidecar turns Ready, Triton serves what the repository's policy
+    loaded; "version not loaded" then means "not yet", never Stalled."""
+    waiting = pod("p0", ready=False)
+    waiting["status"]["containerStatuses"] = [
+        {"name": "triton", "ready": False, "state": {"running": {}}, "started": True},
+        {"name": "pin-loaded", "ready": False, "state": {"running": {}}}]
+    observed = Observed(deployment=deployment(replicas=1, ready=0), pods=[waiting],
+                        reports={"uid-p0": Report(False, "VersionNotLoaded", "version 3 is not loaded (loaded: 5)")})
+    cond = conditions(derive_status(md(), observed, {}, NOW))
+    assert cond["ModelReady"]["reason"] == "VersionPinning" and "(loaded: 5)" in cond["ModelReady"]["message"]
+    assert cond["Stalled"]["status"] == "False" and cond["Degraded"]["status"] == "False"
+    waiting["status"]["containerStatuses"][1]["ready"] = True  # pinned, or refused: Triton's word is final
+    cond = conditions(derive_status(md(), observed, {}, NOW))
+    assert cond["ModelReady"]["reason"] == "VersionNotLoaded" and cond["Stalled"]["status"] == "True"

@@ -24,6 +24,10 @@ class Problem:
     blocks_apply: bool = True
 
 
+# Triton's reasons that a version will not load on a pod (deterministic, unlike "still loading").
+LOAD_FAILURES = frozenset({"ModelLoadFailed", "ModelNotFound", "VersionNotLoaded"})
+
+
 # --- pods ----------------------------------------------------------------------------------
 
 POD_WAITING_REASONS = {
@@ -199,8 +203,13 @@ def model_verdict(md: ModelDeployment, version: str, pods: Sequence[Mapping[str,
         report = reports.get(pod["metadata"].get("uid", ""))
         if report is None:
             return ModelVerdict(False, "ModelStatusUnknown", f"pod {pod['metadata']['name']}: not probed yet", False)
+        if not report.version_ready and not pin_settled(pod):
+            # Triton serves what the repository's own policy loaded until the sidecar pins the version.
+            return ModelVerdict(False, "VersionPinning",
+                                f"pod {pod['metadata']['name']}: the pin-loaded sidecar is loading version {version} "
+                                f"of {name} ({report.message})", False)
         if not report.version_ready:
-            failed = report.reason in ("ModelLoadFailed", "ModelNotFound", "VersionNotLoaded")
+            failed = report.reason in LOAD_FAILURES
             others = sum(1 for p in running if not getattr(reports.get(p["metadata"].get("uid", "")),
                                                             "version_ready", False)) - 1
             more = f" (and {others} more pods)" if others > 0 else ""

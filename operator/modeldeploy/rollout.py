@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from modeldeploy.api import ModelDeployment, ModelSource, PlacementSpec, ResourcesSpec, TritonSpec
 from modeldeploy.model_health import PodModelReport
 from modeldeploy.pods import (
+    LOAD_FAILURES,
     is_terminating,
     model_verdict,
     pin_settled,
@@ -49,9 +50,6 @@ from modeldeploy.render.deployment import deployment_template_fingerprint, pod_t
 # The spec sections the pod template is made of (with metadata.name): what a rollback restores.
 POD_TEMPLATE_SECTIONS = {"model": ModelSource, "triton": TritonSpec, "resources": ResourcesSpec,
                          "placement": PlacementSpec}
-
-# Triton's reasons that a version will not load on a pod: deterministic, so one pod is evidence.
-LOAD_FAILURES = frozenset({"ModelLoadFailed", "ModelNotFound", "VersionNotLoaded"})
 
 # Waiting states (as pods.pod_problems names them) that fail a template once they last long enough.
 UNHEALTHY_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "CreateContainerConfigError",
@@ -154,8 +152,11 @@ def _restarts(pod: Mapping[str, Any], limit: int) -> str:
         count = container.get("restartCount", 0)
         if count >= limit:
             last = (container.get("lastState") or {}).get("terminated") or {}
-            detail = (f"; last exit code {last.get('exitCode')}" + (f" ({last['reason']})" if last.get("reason") else "")
-                      + (f": {last['message'].strip()}" if last.get("message") else "")) if last else ""
+            detail = ""
+            if last:
+                detail = (f"; last exit code {last.get('exitCode')}"
+                          + (f" ({last['reason']})" if last.get("reason") else "")
+                          + (f": {last['message'].strip()}" if last.get("message") else ""))
             return (f"pod {pod['metadata']['name']}: container {container.get('name')} restarted {count} times"
                     f"{detail}")
     return ""
@@ -175,6 +176,7 @@ def failure_evidence(md: ModelDeployment, fingerprint: str, deployment: Mapping[
     own = _own_pods(pods, fingerprint)
     for pod in own:
         report = reports.get(pod["metadata"].get("uid", ""))
+        # Deterministic, so one pod is evidence; on s3/gs/as only once the pod's version is pinned.
         if report is not None and report.reason in LOAD_FAILURES and pin_settled(pod):
             return Evidence(f"pod {pod['metadata']['name']}: {report.message}", None, None)
     for pod in own:

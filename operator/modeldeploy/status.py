@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy import naming
+from modeldeploy import naming, rollout
 from modeldeploy.api import (
     CONDITION_TYPES,
     Condition,
@@ -21,7 +21,6 @@ from modeldeploy.api import (
     TensorStatus,
     VersionStatus,
 )
-from modeldeploy import rollout
 from modeldeploy.model_health import PodModelReport
 from modeldeploy.pods import (
     Problem,
@@ -156,8 +155,9 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         ready = (False, observed.problem.reason, observed.problem.message)
     elif failure is not None:
         what = rollout.describe_change(stable, decision.target) if stable is not None else f"version {target}"
+        rolled_back = degraded is not None and degraded.reason == "RolledBack"
         ready = (False, degraded.reason if degraded else "RolloutFailed",
-                 degraded.message if degraded and degraded.reason == "RolledBack" else f"{what} failed: {failure.message}")
+                 degraded.message if degraded and rolled_back else f"{what} failed: {failure.message}")
     elif deployment is not None and desired == 0:
         ready = (False, "ScaledToZero", "replicas is 0: no pod serves the model")
     elif not progress.complete:

@@ -113,22 +113,31 @@ def _pod_uid_env() -> list[dict[str, Any]]:
     return [{"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}}]
 
 
-def _pin_loaded_container(md: ModelDeployment) -> dict[str, Any]:
-    """Keeps exactly spec.model.version loaded in the pod's Triton (pin_loaded.py), over its loopback."""
+def _python_step(md: ModelDeployment, name: str, script: str, args: list[str], *,
+                 resources: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A container of the pod's own steps: a standard-library program run with the Triton image's
+    python3, so no second image is pulled."""
     return {
-        "name": PIN_LOADED_CONTAINER,
+        "name": name,
         "image": md.spec.triton.image,
         "imagePullPolicy": md.spec.triton.image_pull_policy,
-        "command": ["python3", "-c", PIN_LOADED_SCRIPT],
-        "args": [f"127.0.0.1:{HTTP_PORT}", md.model_name, md.spec.model.version],
-        "env": _pod_uid_env(),
+        "command": ["python3", "-c", script],
+        "args": args,
+        **fields,
+        "securityContext": _restricted_container_security(),
+        "resources": resources or {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+    }
+
+
+def _pin_loaded_container(md: ModelDeployment) -> dict[str, Any]:
+    """Keeps exactly spec.model.version loaded in the pod's Triton (pin_loaded.py), over its loopback."""
+    return _python_step(
+        md, PIN_LOADED_CONTAINER, PIN_LOADED_SCRIPT, [f"127.0.0.1:{HTTP_PORT}", md.model_name, md.spec.model.version],
+        env=_pod_uid_env(),
         # Ready once it has done its part for the running Triton (pin_loaded.py): the operator takes
         # "version not loaded" on the pod as the version failing only then.
-        "readinessProbe": {"exec": {"command": ["test", "-e", pin_loaded.SETTLED_FILE]}, "periodSeconds": 2,
-                           "failureThreshold": 1},
-        "securityContext": _restricted_container_security(),
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-    }
+        readinessProbe={"exec": {"command": ["test", "-e", pin_loaded.SETTLED_FILE]}, "periodSeconds": 2,
+                        "failureThreshold": 1})
 
 
 def _sidecars(md: ModelDeployment) -> list[dict[str, Any]]:
@@ -201,17 +210,10 @@ def _credentials(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[s
 
 def _pin_container(md: ModelDeployment) -> dict[str, Any]:
     """Builds the pinned view (pin_version.py): links into the repository, and one config."""
-    return {
-        "name": PIN_CONTAINER,
-        "image": md.spec.triton.image,
-        "imagePullPolicy": md.spec.triton.image_pull_policy,
-        "command": ["python3", "-c", PIN_SCRIPT],
-        "args": [source_repository_path(md), md.model_name, md.spec.model.version, PINNED_MOUNT],
-        "volumeMounts": [{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True},
-                         {"name": "pinned-repository", "mountPath": PINNED_MOUNT}],
-        "securityContext": _restricted_container_security(),
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-    }
+    return _python_step(
+        md, PIN_CONTAINER, PIN_SCRIPT, [source_repository_path(md), md.model_name, md.spec.model.version, PINNED_MOUNT],
+        volumeMounts=[{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True},
+                      {"name": "pinned-repository", "mountPath": PINNED_MOUNT}])
 
 
 def _model_volumes(md: ModelDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -232,16 +234,11 @@ def _repository_volumes(md: ModelDeployment) -> tuple[list[dict[str, Any]], list
                 [{"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
                 [])
     if md.spec.model.scheme in ("http", "https"):
-        fetch = {
-            "name": FETCH_CONTAINER,
-            "image": md.spec.triton.image,
-            "imagePullPolicy": md.spec.triton.image_pull_policy,
-            "command": ["python3", "-c", FETCH_SCRIPT],
-            "args": [md.spec.model.repository, md.spec.model.sha256 or "", ARCHIVE_REPOSITORY],
-            "volumeMounts": [{"name": "model-repository", "mountPath": MODELS_MOUNT}],
-            "securityContext": _restricted_container_security(),
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        }
+        fetch = _python_step(
+            md, FETCH_CONTAINER, FETCH_SCRIPT,
+            [md.spec.model.repository, md.spec.model.sha256 or "", ARCHIVE_REPOSITORY],
+            resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+            volumeMounts=[{"name": "model-repository", "mountPath": MODELS_MOUNT}])
         return ([{"name": "model-repository", "mountPath": MODELS_MOUNT, "readOnly": True}],
                 [{"name": "model-repository", "emptyDir": {}}],
                 [fetch])
