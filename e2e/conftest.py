@@ -134,7 +134,9 @@ def describe(namespace: str) -> str:
 
 
 def operator_log(tail: int = 200) -> str:
-    return kubectl("logs", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, f"--tail={tail}", check=False).stdout
+    """The log of every operator replica (the chart runs two; one leads), each line prefixed by its pod."""
+    return kubectl("logs", "-l", f"app.kubernetes.io/name=modeldeploy,app.kubernetes.io/instance={RELEASE}",
+                   "-n", RELEASE_NAMESPACE, "--prefix", f"--tail={tail}", check=False).stdout
 
 
 def helm_binary() -> str:

@@ -131,7 +131,6 @@ def test_the_chart_crd_is_the_repository_crd_byte_for_byte():
 def test_the_operator_deployment_is_locked_down():
     deployment = one(template(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                       "seccompProfile": {"type": "RuntimeDefault"}}
@@ -151,15 +150,61 @@ def test_the_operator_deployment_is_locked_down():
     assert "emptyDir" in volumes[mount["name"]]
 
 
+ELECTION = ["--leader-election", "--lease-name", "md-modeldeploy"]  # the Lease is named after the release
+
+
 def test_the_operator_runs_modeldeploy_run():
     (container,) = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["modeldeploy"]
-    assert container["args"] == ["run", "--health-port", "8080"]  # no --namespace: every namespace
+    assert container["args"] == ["run", "--health-port", "8080", *ELECTION]  # no --namespace: every namespace
 
 
 def test_namespaced_mode_passes_each_namespace_to_the_operator():
     (container,) = one(template(*NAMESPACED), "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["run", "--health-port", "8080", "--namespace", "vision", "--namespace", "nlp"]
+    assert container["args"] == ["run", "--health-port", "8080", "--namespace", "vision", "--namespace", "nlp",
+                                 *ELECTION]
+
+
+# --- high availability: replicas, Lease, disruption budget --------------------------------------------
+
+def test_two_replicas_elect_a_leader_and_roll_with_a_surge():
+    docs = template()
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    # With a Lease two operators at once are safe: start the new pod first, keep a standby throughout.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]} == {
+        "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    # Liveness asks /healthz, which a healthy standby answers 200 too.
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_replicas_prefer_different_nodes_but_do_not_require_them():
+    deployment = one(template(), "Deployment")
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]
+    assert set(affinity) == {"podAntiAffinity"} and set(affinity["podAntiAffinity"]) == {
+        "preferredDuringSchedulingIgnoredDuringExecution"}
+    (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # A user's affinity replaces the default.
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["system"]}]}]}}}
+    values = ("--set-json", f"affinity={__import__('json').dumps(mine)}")
+    assert one(template(*values), "Deployment")["spec"]["template"]["spec"]["affinity"] == mine
+
+
+def test_a_disruption_budget_keeps_a_replica_through_drains_when_there_are_several():
+    docs = template()
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == HOME
+    assert budget["spec"] == {"maxUnavailable": 1,
+                              "selector": one(docs, "Deployment")["spec"]["selector"]}
+    single = template("--set", "replicaCount=1")
+    assert one(single, "Deployment")["spec"]["replicas"] == 1
+    assert "PodDisruptionBudget" not in {d["kind"] for d in single}
+    assert one(template("--set", "replicaCount=3"), "Deployment")["spec"]["replicas"] == 3
 
 
 def test_values_reach_the_deployment():
@@ -212,33 +257,54 @@ def test_no_wildcards_anywhere(mode):
 def test_permissions_py_is_well_formed():
     """What the comparisons below rely on: no wildcard, every verb a real one, no resource twice."""
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
-    for group in (permissions.NAMESPACED, permissions.CLUSTER):
+    for group in (permissions.NAMESPACED, permissions.CLUSTER, permissions.RELEASE_NAMESPACE):
         keys = [(p.api_group, p.resource) for p in group]
         assert len(keys) == len(set(keys))
         for p in group:
             assert p.verbs and p.verbs <= verbs and "*" not in p.resource and "*" not in p.api_group, p
-    assert all(not p.cluster_scoped for p in permissions.NAMESPACED)
+    assert all(not p.cluster_scoped for p in permissions.NAMESPACED + permissions.RELEASE_NAMESPACE)
     assert all(p.cluster_scoped for p in permissions.CLUSTER)
+    assert permissions.ALL == permissions.NAMESPACED + permissions.CLUSTER + permissions.RELEASE_NAMESPACE
+    # Leases only in the release namespace, and nothing else there.
+    assert _declared(permissions.RELEASE_NAMESPACE) == {("coordination.k8s.io", "leases", v)
+                                                        for v in ("get", "create", "update")}
+    assert not {g for g, _, _ in _declared(permissions.NAMESPACED, permissions.CLUSTER)} & {"coordination.k8s.io"}
+
+
+LEASE_ROLE = ("Role", HOME, "md-modeldeploy-leader-election")
 
 
 def test_cluster_mode_grants_exactly_what_the_code_declares():
     docs = template()
-    operator_roles = [r for r in _roles(docs) if not _is_user_role(r)]
-    assert [_key(r) for r in operator_roles] == [("ClusterRole", "", "md-modeldeploy")]
-    assert _grants(operator_roles[0]) == _declared(permissions.NAMESPACED, permissions.CLUSTER)
-    _assert_bound(docs, {("ClusterRole", "md-modeldeploy")})
+    operator_roles = {_key(r): r for r in _roles(docs) if not _is_user_role(r)}
+    assert set(operator_roles) == {("ClusterRole", "", "md-modeldeploy"), LEASE_ROLE}
+    assert _grants(operator_roles["ClusterRole", "", "md-modeldeploy"]) == _declared(permissions.NAMESPACED,
+                                                                                   permissions.CLUSTER)
+    assert _grants(operator_roles[LEASE_ROLE]) == _declared(permissions.RELEASE_NAMESPACE)
+    _assert_bound(docs, {("ClusterRole", "md-modeldeploy"), ("Role", "md-modeldeploy-leader-election")})
+    assert {b["metadata"].get("namespace") for b in docs if b["kind"] == "RoleBinding"} == {HOME}
 
 
 def test_namespaced_mode_grants_exactly_what_the_code_declares():
     docs = template(*NAMESPACED)
     operator_roles = {_key(r): r for r in _roles(docs) if not _is_user_role(r)}
     assert set(operator_roles) == {("Role", "vision", "md-modeldeploy"), ("Role", "nlp", "md-modeldeploy"),
-                                   ("ClusterRole", "", "md-modeldeploy-discovery")}
+                                   ("ClusterRole", "", "md-modeldeploy-discovery"), LEASE_ROLE}
     for key, role in operator_roles.items():
-        expected = _declared(permissions.CLUSTER) if key[0] == "ClusterRole" else _declared(permissions.NAMESPACED)
+        expected = (_declared(permissions.CLUSTER) if key[0] == "ClusterRole" else
+                    _declared(permissions.RELEASE_NAMESPACE) if key == LEASE_ROLE else
+                    _declared(permissions.NAMESPACED))
         assert _grants(role) == expected, key
-    _assert_bound(docs, {("Role", "md-modeldeploy"), ("ClusterRole", "md-modeldeploy-discovery")})
-    assert {b["metadata"].get("namespace") for b in docs if b["kind"] == "RoleBinding"} == {"vision", "nlp"}
+    _assert_bound(docs, {("Role", "md-modeldeploy"), ("ClusterRole", "md-modeldeploy-discovery"),
+                         ("Role", "md-modeldeploy-leader-election")})
+    assert {b["metadata"].get("namespace") for b in docs if b["kind"] == "RoleBinding"} == {"vision", "nlp", HOME}
+
+
+def test_serving_the_release_namespace_itself_keeps_the_lease_role_apart():
+    docs = template("--set", "rbac.scope=namespaced", "--set", f"watchNamespaces={{{HOME}}}")
+    roles = {_key(r): _grants(r) for r in _roles(docs) if not _is_user_role(r) and r["kind"] == "Role"}
+    assert roles == {("Role", HOME, "md-modeldeploy"): _declared(permissions.NAMESPACED),
+                     LEASE_ROLE: _declared(permissions.RELEASE_NAMESPACE)}
 
 
 # Server-side apply that creates an object is authorized as create as well as patch, and an ownerReference
@@ -268,7 +334,7 @@ def test_owner_references_that_block_deletion_are_declared_with_update_on_finali
 
 @pytest.mark.parametrize("mode", ["default", "namespaced"])
 def test_the_chart_grants_apply_create_and_owner_finalizers(mode):
-    operator_roles = [r for r in _roles(template(*MODES[mode])) if not _is_user_role(r)]
+    operator_roles = [r for r in _roles(template(*MODES[mode])) if not _is_user_role(r) and _key(r) != LEASE_ROLE]
     for role in operator_roles:
         if role["kind"] == "Role" or mode == "default":
             assert {*APPLIED, FINALIZERS} <= _grants(role), _key(role)
@@ -371,7 +437,9 @@ def test_metrics_service_and_service_monitor():
     ({"watchNamespaces": ["vision"]}, "watchNamespaces"),  # cluster scope serves every namespace
     ({"rbac": {"scope": "namespaced"}, "watchNamespaces": ["Bad_NS"]}, "watchNamespaces"),
     ({"image": {"tagg": "1"}}, "tagg"),  # a typo at any depth
-    ({"replicas": 2}, "replicas"),  # not a value of this chart: one operator at a time
+    ({"replicas": 2}, "replicas"),  # a typo: the value is replicaCount
+    ({"replicaCount": 0}, "replicaCount"),
+    ({"replicaCount": "two"}, "replicaCount"),
     ({"metrics": {"serviceMonitor": {"enabled": "yes-please"}}}, "enabled"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ({"resources": {"limits": {"memroy": "1Gi"}}}, "memroy"),

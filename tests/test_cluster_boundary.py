@@ -19,7 +19,7 @@ from kubernetes import client as k8s_client
 
 from modeldeploy import permissions
 from modeldeploy.cluster import POOL_SIZE, KubernetesCluster
-from modeldeploy.kube import DEPLOYMENT, HPA, POD, SECRET, SERVICE, SERVICE_MONITOR, ApiError
+from modeldeploy.kube import DEPLOYMENT, HPA, LEASE, POD, SECRET, SERVICE, SERVICE_MONITOR, ApiError
 from modeldeploy.render.capabilities import OpenAPIUnreadable, ServerCapabilities
 
 NS = "vision"
@@ -292,6 +292,65 @@ async def test_patch_status_replaces_the_status_through_the_subresource(server, 
     assert request["query"] == {"fieldManager": ["modeldeploy"]}
 
 
+async def test_patch_status_with_a_resource_version_is_fenced_by_it(server, cluster):
+    """The precondition as kube-apiserver honours it on the status subresource (measured on 1.27): a
+    replace of /metadata/resourceVersion makes the update conflict (409) unless it is still current;
+    a `test` op would fail with an indistinguishable 422 instead."""
+    path = f"/apis/modeldeploy.dev/v1alpha1/namespaces/{NS}/modeldeployments/resnet50/status"
+    new_status = {"observedGeneration": 3}
+    server.answer("PATCH", path, 409, status(
+        409, "Conflict", 'Operation cannot be fulfilled on modeldeployments.modeldeploy.dev "resnet50": the object '
+                         "has been modified; please apply your changes to the latest version and try again",
+        {"name": "resnet50", "group": "modeldeploy.dev", "kind": "modeldeployments"}))
+    with pytest.raises(ApiError) as refused:
+        await cluster.patch_status(NS, "resnet50", new_status, resource_version="4242")
+    assert refused.value.conflict and refused.value.reason == "Conflict"
+    (request,) = server.requests
+    assert request["body"] == [{"op": "replace", "path": "/metadata/resourceVersion", "value": "4242"},
+                               {"op": "add", "path": "/status", "value": new_status}]
+
+
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/modeldeploy-system/leases"
+
+
+def lease(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "modeldeploy", "namespace": "modeldeploy-system", "resourceVersion": "77"},
+            "spec": {"holderIdentity": "pod-a_1", "leaseDurationSeconds": 15, **spec}}
+
+
+async def test_a_lease_is_read_created_and_replaced_with_its_resource_version(server, cluster):
+    server.answer("GET", f"{LEASE_PATH}/modeldeploy", 200, lease())
+    assert (await cluster.get(LEASE, "modeldeploy-system", "modeldeploy"))["spec"]["holderIdentity"] == "pod-a_1"
+    server.answer("POST", LEASE_PATH, 201, lease())
+    created = {k: v for k, v in lease().items()}
+    created["metadata"] = {"name": "modeldeploy", "namespace": "modeldeploy-system"}
+    await cluster.create_lease(created)
+    server.answer("PUT", f"{LEASE_PATH}/modeldeploy", 200, lease(holderIdentity="pod-b_2"))
+    await cluster.replace_lease(lease(holderIdentity="pod-b_2"))
+    get, post, put = server.requests
+    assert (get["method"], post["method"], post["path"]) == ("GET", "POST", LEASE_PATH)
+    assert post["body"] == created and post["query"] == {"fieldManager": ["modeldeploy"]}
+    assert (put["method"], put["path"]) == ("PUT", f"{LEASE_PATH}/modeldeploy")
+    assert put["body"]["metadata"]["resourceVersion"] == "77"  # the optimistic-concurrency precondition
+    with pytest.raises(ValueError):  # never an unconditional replace
+        await cluster.replace_lease({**lease(), "metadata": {"name": "modeldeploy", "namespace": "modeldeploy-system"}})
+
+
+@pytest.mark.parametrize(("method", "reason"), [("PUT", "Conflict"), ("POST", "AlreadyExists")])
+async def test_losing_the_race_for_a_lease_is_a_409(server, cluster, method, reason):
+    path = f"{LEASE_PATH}/modeldeploy" if method == "PUT" else LEASE_PATH
+    server.answer(method, path, 409, status(409, reason, f'leases.coordination.k8s.io "modeldeploy": {reason}',
+                                            {"name": "modeldeploy", "group": "coordination.k8s.io",
+                                             "kind": "leases"}))
+    with pytest.raises(ApiError) as lost:
+        if method == "PUT":
+            await cluster.replace_lease(lease())
+        else:
+            await cluster.create_lease(lease())
+    assert lost.value.conflict and lost.value.reason == reason
+
+
 async def test_post_event_creates_a_core_event_about_the_object(server, cluster):
     path = f"/api/v1/namespaces/{NS}/events"
     server.answer("POST", path, 201, {"kind": "Event", "apiVersion": "v1", "metadata": {"name": "resnet50.1"}})
@@ -422,7 +481,9 @@ async def test_a_body_that_is_not_a_status_still_maps(server, cluster):
     lambda c: c.delete(DEPLOYMENT, NS, "resnet50", uid="u"),  # the Deployment is collected, never deleted
     lambda c: c.list(SECRET, NS, ""),  # one named Secret is checked, Secrets are never listed
     lambda c: c.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": NS}}),
-], ids=["get-pod", "delete-deployment", "list-secrets", "apply-secret"])
+    lambda c: c.list(LEASE, NS, ""),  # the one Lease is read by name, never listed or watched
+    lambda c: c.delete(LEASE, NS, "modeldeploy", uid="u"),  # released, never deleted
+], ids=["get-pod", "delete-deployment", "list-secrets", "apply-secret", "list-leases", "delete-lease"])
 async def test_an_undeclared_call_is_refused_before_it_is_sent(server, cluster, call):
     with pytest.raises(permissions.UndeclaredAPICall):
         await call(cluster)

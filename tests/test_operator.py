@@ -248,9 +248,12 @@ def test_run_without_a_cluster_is_a_clear_error(tmp_path):
     assert "no Kubernetes cluster configured" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path):
+@pytest.mark.parametrize("pod_namespace", [None, "modeldeploy-system"], ids=["laptop", "in-a-pod"])
+def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path, pod_namespace):
     """The real process, with a kube-config whose API server refuses connections: kopf logs in,
-    starts our workers and keeps retrying its watches; /healthz answers; SIGTERM ends it with 0."""
+    starts our workers and keeps retrying its watches; /healthz answers; SIGTERM ends it with 0.
+    In a pod (POD_NAMESPACE) leader election is on: it cannot reach the Lease, so it stands by,
+    healthy."""
     import signal
     import time
 
@@ -263,25 +266,160 @@ def test_run_serves_healthz_and_stops_cleanly_on_sigterm(tmp_path):
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}))
     port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)}
+    if pod_namespace:
+        env.update(POD_NAMESPACE=pod_namespace, POD_NAME="modeldeploy-abc")
     process = subprocess.Popen([sys.executable, "-m", "modeldeploy", "run", "--health-port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)})
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
-        status = None
+        status = body = None
         while time.monotonic() < deadline and status != 200:
             try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                status, body = answer.status, answer.read()
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
         assert status == 200, "no /healthz within 30 s"
+        assert body == (b"ok: standby\n" if pod_namespace else b"ok: leader\n")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         output = process.stdout.read()
         assert "Signal SIGTERM is received" in output
         # Discovery could not reach the server either: said once, and the operator ran on.
         assert output.count("could not read the API server's OpenAPI") == 1
+        if pod_namespace:  # a standby that cannot read the Lease says so once, not every 2 s
+            assert output.count("leader election: reading the Lease modeldeploy-system/modeldeploy-operator") == 1
+        else:
+            assert "leader election is off" in output
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- leader election: two replicas, one reconciles ---------------------------------------------------
+
+@pytest.fixture()
+async def standby(tritonserver):
+    """An operator replica with leader election, its elector not yet stepping (tests step it)."""
+    fake = FakeCluster()
+    cache = ReportCache(SharedServerProbe(tritonserver, timeout_seconds=2.0))
+    op.STATE = op.OperatorState(Reconciler(fake, cache, triton_port=tritonserver.http_port), cache,
+                                lease=op.LeaseConfig("modeldeploy-system", "md-lease", "replica-a_0001"))
+    op.STATE.queue.start()
+    yield op.STATE, fake
+    await op.STATE.queue.stop()
+    op.STATE = None
+    metrics.set_leader(False)
+
+
+def lease_holder(fake):
+    from modeldeploy.kube import LEASE
+
+    return (fake.get_now(LEASE, "modeldeploy-system", "md-lease") or {}).get("spec", {}).get("holderIdentity")
+
+
+def leader_gauge():
+    return next(line for line in metrics.render_latest().decode().splitlines()
+                if line.startswith("modeldeploy_leader "))
+
+
+async def test_a_standby_watches_and_tracks_keys_but_reconciles_nothing_until_it_leads(standby):
+    state, fake = standby
+    assert state.role == "standby" and not state.queue.is_open and leader_gauge() == "modeldeploy_leader 0.0"
+    fake.create(md_object("simple"))
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await asyncio.sleep(0.1)
+    assert (NS, "simple") in state.known and fake.get_now(DEPLOYMENT, NS, "simple") is None
+    assert fake.writes == [] and state.healthy()  # standing by is healthy
+    # It takes the Lease (nobody holds it) and reconciles every known ModelDeployment at once.
+    assert await state.elector.step() == 2.0
+    assert state.role == "leader" and lease_holder(fake) == "replica-a_0001"
+    assert leader_gauge() == "modeldeploy_leader 1.0"
+    await state.queue.idle()
+    assert fake.get_now(DEPLOYMENT, NS, "simple") is not None
+
+
+async def test_a_leader_that_loses_the_lease_stops_reconciling_at_once(standby):
+    from modeldeploy.kube import LEASE
+
+    state, fake = standby
+    await state.elector.step()
+    fake.create(md_object("simple"))
+    lease = fake.get_now(LEASE, "modeldeploy-system", "md-lease")
+    # Another replica took the Lease (say this one was paused for longer than the lease duration).
+    fake.update({**lease, "spec": {**lease["spec"], "holderIdentity": "replica-b_0002"}})
+    await state.elector.step()
+    assert state.role == "standby" and not state.queue.is_open and leader_gauge() == "modeldeploy_leader 0.0"
+    await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)
+    await asyncio.sleep(0.1)
+    assert fake.get_now(DEPLOYMENT, NS, "simple") is None
+    assert state.healthy()
+
+
+async def test_cleanup_releases_the_lease_so_a_standby_takes_it_at_once(standby):
+    from modeldeploy.kube import LEASE
+
+    state, fake = standby
+    await state.elector.step()
+    await op.shutdown()
+    spec = fake.get_now(LEASE, "modeldeploy-system", "md-lease")["spec"]
+    assert spec["holderIdentity"] == "" and spec["leaseDurationSeconds"] == 1
+    assert state.role == "standby" and not state.queue.alive
+    state.queue.start()  # for the fixture's teardown
+
+
+async def test_the_elector_runs_from_startup_and_a_dead_elector_is_unhealthy(standby):
+    state, fake = standby
+    await op.configure(settings=kopf.OperatorSettings())
+    try:
+        for _ in range(100):
+            if state.role == "leader":
+                break
+            await asyncio.sleep(0.02)
+        assert state.role == "leader" and state.healthy()
+        state.election.cancel()
+        await asyncio.gather(state.election, return_exceptions=True)
+        assert not state.healthy()
+    finally:
+        state.resync.cancel()
+
+
+def test_healthz_says_leader_or_standby_and_both_are_healthy():
+    role = "standby"
+    healthy = True
+    server = metrics.start_metrics_server(0, "127.0.0.1", health=lambda: healthy, role=lambda: role)
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    try:
+        answer = urllib.request.urlopen(url, timeout=5)
+        assert answer.status == 200 and answer.read() == b"ok: standby\n"
+        role = "leader"
+        assert urllib.request.urlopen(url, timeout=5).read() == b"ok: leader\n"
+        healthy = False
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 503 and refused.value.read().startswith(b"unhealthy (leader)")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("argv", "environ", "expected"), [
+    ([], {}, None),  # a laptop: no Lease, reconciles at once
+    ([], {"POD_NAMESPACE": "modeldeploy-system"}, ("modeldeploy-system", "modeldeploy-operator")),
+    (["--leader-election", "--lease-name", "md"], {"POD_NAMESPACE": "ops"}, ("ops", "md")),
+    (["--leader-election", "--lease-namespace", "dev"], {}, ("dev", "modeldeploy-operator")),
+    (["--no-leader-election"], {"POD_NAMESPACE": "modeldeploy-system"}, None),
+], ids=["laptop", "in-a-pod", "chart", "laptop-opt-in", "opt-out"])
+def test_leader_election_flags(argv, environ, expected):
+    from modeldeploy.cli import lease_config, parser
+
+    lease = lease_config(parser().parse_args(["run", *argv]), environ)
+    assert (lease.namespace, lease.name) == expected if expected else lease is None
+
+
+def test_leader_election_without_a_namespace_is_a_clear_error():
+    from modeldeploy.cli import InputError, lease_config, parser
+
+    with pytest.raises(InputError, match="--lease-namespace, or POD_NAMESPACE"):
+        lease_config(parser().parse_args(["run", "--leader-election"]), {})

@@ -494,3 +494,60 @@ async def test_deleting_the_model_deployment_collects_children(fake, reconciler)
         assert fake.get_now(kind, NS, "simple") is None
     outcome = await reconciler.reconcile(NS, "simple")
     assert outcome.result == "deleted"
+
+
+# --- fencing: status is written only over the object the reconcile read ------------------------------
+
+async def test_a_status_write_over_a_changed_object_is_refused_and_simply_retried(fake, reconciler, monkeypatch):
+    """Someone writes the ModelDeployment between our read and our status write (a user's edit, or a
+    second operator replica that still thinks it leads): the write carries the resourceVersion we read,
+    the API server answers 409, and the reconcile is run again, with no error, backoff or Warning."""
+    from modeldeploy.reconciler import CONFLICT_RETRY_SECONDS
+
+    fake.create(md_object())
+    write_status = fake.patch_status
+
+    async def edited_meanwhile(namespace, name, status, **kwargs):
+        monkeypatch.setattr(fake, "patch_status", write_status)  # once
+        fake.update_spec(MODEL_DEPLOYMENT, NS, "simple", {"replicas": 2})
+        return await write_status(namespace, name, status, **kwargs)
+
+    monkeypatch.setattr(fake, "patch_status", edited_meanwhile)
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert outcome.result == "ok" and not outcome.status_written
+    assert outcome.requeue_after == CONFLICT_RETRY_SECONDS
+    assert "status" not in fake.get_now(MODEL_DEPLOYMENT, NS, "simple")  # nothing written over the edit
+    assert [e["reason"] for e in fake.events] == ["Created"]  # the children were created: that is said
+    # The retry reads the edited object and writes status for it.
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert outcome.status_written and status_of(fake)["observedGeneration"] == 2
+    assert fake.get_now(DEPLOYMENT, NS, "simple")["spec"]["replicas"] == 2
+    assert [e["type"] for e in fake.events] == ["Normal", "Normal"]  # Created, then Updated; no Warning
+
+
+async def test_the_status_write_names_the_resource_version_it_read(fake, reconciler, monkeypatch):
+    fake.create(md_object())
+    read = fake.get_now(MODEL_DEPLOYMENT, NS, "simple")["metadata"]["resourceVersion"]
+    seen = []
+    write_status = fake.patch_status
+
+    async def spy(namespace, name, status, **kwargs):
+        seen.append(kwargs.get("resource_version"))
+        return await write_status(namespace, name, status, **kwargs)
+
+    monkeypatch.setattr(fake, "patch_status", spy)
+    await reconciler.reconcile(NS, "simple")
+    assert seen == [read]
+
+
+async def test_the_fake_refuses_a_stale_status_write_like_the_api_server(fake):
+    fake.create(md_object())
+    stored = fake.get_now(MODEL_DEPLOYMENT, NS, "simple")
+    fake.update_spec(MODEL_DEPLOYMENT, NS, "simple", {"replicas": 2})
+    with pytest.raises(ApiError) as refused:
+        await fake.patch_status(NS, "simple", {"observedGeneration": 1},
+                                resource_version=stored["metadata"]["resourceVersion"])
+    assert (refused.value.status, refused.value.reason) == (409, "Conflict")
+    current = fake.get_now(MODEL_DEPLOYMENT, NS, "simple")["metadata"]["resourceVersion"]
+    written = await fake.patch_status(NS, "simple", {"observedGeneration": 2}, resource_version=current)
+    assert written["status"] == {"observedGeneration": 2}

@@ -138,3 +138,114 @@ async def test_forget_cancels_a_scheduled_retry():
 @pytest.mark.parametrize(("failures", "seconds"), [(1, 1.0), (2, 2.0), (5, 16.0), (30, MAX_BACKOFF_SECONDS)])
 def test_backoff_doubles_up_to_a_cap(failures, seconds):
     assert backoff_seconds(failures) == seconds
+
+
+# --- the gate (leader election) ------------------------------------------------------------------
+
+async def test_a_closed_gate_queues_and_coalesces_but_runs_nothing_until_opened():
+    runs: list[str] = []
+
+    async def work(key):
+        runs.append(key)
+
+    queue = WorkQueue(work, workers=2, is_open=False)
+    queue.start()
+    for key in ("a", "b", "a", "a"):
+        queue.enqueue(key)
+    await asyncio.sleep(0.05)
+    assert runs == [] and queue.waiting and not queue.is_open and queue.alive
+    queue.open()
+    await queue.idle()
+    assert sorted(runs) == ["a", "b"]  # coalesced: one run each
+    await queue.stop()
+
+
+async def test_closing_the_gate_cancels_reconciles_in_flight_at_their_current_await_and_requeues_them():
+    """A replica that loses the Lease: the reconcile in flight finishes the call it is in (here: the
+    awaited step) but makes no further call; nothing new starts; it runs again once the gate reopens."""
+    calls: list[str] = []
+    first_call = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def work(key):
+        calls.append(f"{key}: read")
+        first_call.set()
+        await asyncio.sleep(0.2)  # an API call in flight
+        calls.append(f"{key}: write")  # never reached once the gate closed
+        return None
+
+    queue = WorkQueue(work, workers=2, on_error=lambda key, error: errors.append(error))
+    queue.start()
+    queue.enqueue("a")
+    await first_call.wait()
+    queue.close()
+    queue.enqueue("b")
+    await asyncio.sleep(0.3)
+    assert calls == ["a: read"] and errors == []  # no failure, no backoff
+    assert queue.failures("a") == 0 and queue.waiting
+    first_call.clear()
+    queue.open()
+    await queue.idle()
+    assert sorted(calls[1:]) == ["a: read", "a: write", "b: read", "b: write"]
+    await queue.stop()
+
+
+async def test_a_key_enqueued_while_its_preempted_run_was_in_flight_runs_once_after_reopening():
+    runs: list[str] = []
+    started = asyncio.Event()
+
+    async def work(key):
+        runs.append(key)
+        started.set()
+        await asyncio.sleep(0.2)
+
+    queue = WorkQueue(work, workers=1)
+    queue.start()
+    queue.enqueue("a")
+    await started.wait()
+    queue.enqueue("a")  # during the run: one more run afterwards
+    queue.close()
+    await asyncio.sleep(0.05)
+    queue.open()
+    await queue.idle()
+    assert runs == ["a", "a"]
+    await queue.stop()
+
+
+async def test_timers_fire_into_a_closed_gate_and_wait_there():
+    runs = 0
+
+    async def work(key):
+        nonlocal runs
+        runs += 1
+        return 0.05 if runs == 1 else None
+
+    queue = WorkQueue(work)
+    queue.start()
+    queue.enqueue("a")
+    await queue.idle()
+    queue.close()
+    await asyncio.sleep(0.15)
+    assert runs == 1 and queue.waiting
+    queue.open()
+    await queue.idle()
+    assert runs == 2
+    await queue.stop()
+
+
+async def test_stop_still_cancels_work_in_flight():
+    cancelled = asyncio.Event()
+
+    async def work(key):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    queue = WorkQueue(work)
+    queue.start()
+    queue.enqueue("a")
+    await asyncio.sleep(0.02)
+    await asyncio.wait_for(queue.stop(), timeout=2)
+    assert cancelled.is_set() and not queue.alive

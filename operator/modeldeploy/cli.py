@@ -99,12 +99,34 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def lease_config(args: argparse.Namespace, environ: dict[str, str]) -> Any:
+    """The Lease to elect a leader on, or None (leader election off).
+
+    Default: on when POD_NAMESPACE is set (the Helm chart sets it from the downward API, and passes
+    --leader-election anyway), off otherwise, so `modeldeploy run` from a laptop reconciles at once
+    with no Lease and no RBAC for one. The Lease lives in --lease-namespace, else POD_NAMESPACE.
+    """
+    from modeldeploy.operator import LeaseConfig
+
+    namespace = args.lease_namespace or environ.get("POD_NAMESPACE", "")
+    enabled = args.leader_election if args.leader_election is not None else bool(environ.get("POD_NAMESPACE"))
+    if not enabled:
+        return None
+    if not namespace:
+        raise InputError("--leader-election needs the Lease's namespace: --lease-namespace, or POD_NAMESPACE "
+                         "(the downward API's metadata.namespace)")
+    return LeaseConfig(namespace=namespace, name=args.lease_name)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from modeldeploy.kube import NoClusterConfig
     from modeldeploy.operator import run
 
+    lease = lease_config(args, dict(os.environ))
     try:
-        return run(namespaces=args.namespace, health_port=args.health_port, verbose=args.verbose)
+        return run(namespaces=args.namespace, health_port=args.health_port, verbose=args.verbose, lease=lease)
     except NoClusterConfig as error:
         raise InputError(str(error)) from None
 
@@ -130,6 +152,14 @@ def parser() -> argparse.ArgumentParser:
                      help="watch only this namespace (repeatable); default: all namespaces")
     run.add_argument("--health-port", type=int, default=8080,
                      help="port for /healthz and /metrics (0 disables)")
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=None,
+                     help="reconcile only while holding a coordination.k8s.io/v1 Lease, so replicas can run "
+                          "side by side (default: on when POD_NAMESPACE is set, i.e. in the chart's pod; "
+                          "off otherwise)")
+    run.add_argument("--lease-name", default="modeldeploy-operator",
+                     help="the Lease's name (the chart passes its release's full name)")
+    run.add_argument("--lease-namespace", default="",
+                     help="the Lease's namespace (default: POD_NAMESPACE)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)
     return top

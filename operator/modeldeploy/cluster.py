@@ -34,7 +34,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, __version__, permissions
-from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind, NoClusterConfig
+from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind, NoClusterConfig
 from modeldeploy.render.capabilities import ServerCapabilities, capabilities_from_openapi
 
 log = logging.getLogger(__name__)
@@ -329,14 +329,42 @@ class KubernetesCluster:
                 return
             raise refused.error() from None
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                           resource_version: str | None = None) -> dict[str, Any]:
         permissions.require(GROUP, f"{PLURAL}/status", "patch")
         patch = [{"op": "add", "path": "/status", "value": status}]  # replaces the whole status
+        if resource_version:
+            # A precondition: the patched object carries this resourceVersion, so the API server's
+            # update conflicts (409) unless it is still current. Measured on kube-apiserver 1.27 for the
+            # status subresource: a `replace` of /metadata/resourceVersion gives 409 Conflict (as a merge
+            # patch with metadata.resourceVersion does), whereas a JSON patch `test` op on it fails with
+            # 422 "the server rejected our request", indistinguishable from an invalid patch.
+            patch.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version})
         try:
             return await self._call("PATCH", object_path(MODEL_DEPLOYMENT, namespace, name, "status"),
                                     query=[("fieldManager", FIELD_MANAGER)], body=patch, content_type=JSON_PATCH)
         except _Refused as refused:
             raise refused.error() from None
+
+    async def create_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(LEASE.group, LEASE.plural, "create")
+        meta = lease["metadata"]
+        try:
+            return await self._call("POST", object_path(LEASE, meta["namespace"]),
+                                    query=[("fieldManager", FIELD_MANAGER)], body=lease, content_type=JSON)
+        except _Refused as refused:
+            raise refused.error() from None  # 409 AlreadyExists: someone else created it first
+
+    async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(LEASE.group, LEASE.plural, "update")
+        meta = lease["metadata"]
+        if not meta.get("resourceVersion"):
+            raise ValueError("a Lease is replaced only with the resourceVersion it was read with")
+        try:
+            return await self._call("PUT", object_path(LEASE, meta["namespace"], meta["name"]),
+                                    query=[("fieldManager", FIELD_MANAGER)], body=lease, content_type=JSON)
+        except _Refused as refused:
+            raise refused.error() from None  # 409 Conflict: someone else wrote it since we read it
 
     async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         permissions.require("", "events", "create")

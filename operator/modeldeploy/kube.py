@@ -34,10 +34,11 @@ SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "servicemonitors", "Servic
 POD = Kind("", "v1", "pods", "Pod")
 SECRET = Kind("", "v1", "secrets", "Secret")
 PVC = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+LEASE = Kind("coordination.k8s.io", "v1", "leases", "Lease")  # leader election, in the operator's own namespace
 
 # Children in apply order (the Deployment first: the others refer to it).
 CHILD_KINDS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, SERVICE_MONITOR)
-KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC)}
+KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC, LEASE)}
 
 
 class ApiError(Exception):
@@ -86,8 +87,18 @@ class Cluster(Protocol):
     async def delete(self, kind: Kind, namespace: str, name: str, *, uid: str) -> None:
         """Delete with a uid precondition (never deletes a same-named replacement); 404 is fine."""
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Replace the ModelDeployment's whole status via the status subresource (a JSON patch of /status)."""
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                           resource_version: str | None = None) -> dict[str, Any]:
+        """Replace the ModelDeployment's whole status via the status subresource (a JSON patch of /status).
+        With resource_version, only if the object still has it: otherwise ApiError 409 Conflict (someone
+        changed it since it was read)."""
+
+    async def create_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create a coordination.k8s.io/v1 Lease (POST); one that exists already is ApiError 409 AlreadyExists."""
+
+    async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease (PUT) carrying the metadata.resourceVersion it was read with: ApiError 409
+        Conflict when someone else wrote it since (the race is lost), 404 when it is gone."""
 
     async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event about `involved` (Normal or Warning)."""

@@ -9,6 +9,10 @@ from zero. The module-level functions act on the operator's instance, `DEFAULT`.
     modeldeploy_reconcile_errors_total{reason}     counter    failed reconciles (retried with backoff)
     modeldeploy_objects{condition,status}          gauge      ModelDeployments by condition type and status
     modeldeploy_triton_probes_total{result}        counter    result: ready | not_ready | unreachable
+    modeldeploy_leader                             gauge      1 while this replica holds the Lease (reconciles), else 0
+
+/healthz answers 200 for a healthy leader and a healthy standby alike (its body says which), so
+liveness never restarts a standby for standing by; 503 only when the operator is broken.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class OperatorMetrics:
         self.triton_probes = Counter("modeldeploy_triton_probes_total",
                                      "Questions to Triton about a pod's model version, by answer.",
                                      ["result"], registry=self.registry)
+        self.leader = Gauge("modeldeploy_leader",
+                            "1 while this operator replica holds the leader Lease and reconciles, else 0 (standby).",
+                            registry=self.registry)
         # Known label values exist from the start at 0, so rate() and absent() behave from the first scrape.
         for result in RECONCILE_RESULTS:
             self.reconciles.labels(result=result)
@@ -78,6 +85,9 @@ class OperatorMetrics:
             raise ValueError(f"probe result {result!r} is not one of {', '.join(PROBE_RESULTS)}")
         self.triton_probes.labels(result=result).inc()
 
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
+
     def render_latest(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -98,6 +108,11 @@ def set_object_conditions(counts: Mapping[tuple[str, str], int]) -> None:
 
 def record_triton_probe(result: str) -> None:
     DEFAULT.record_triton_probe(result)
+
+
+def set_leader(leading: bool) -> None:
+    """Whether this replica leads (holds the Lease and reconciles)."""
+    DEFAULT.set_leader(leading)
 
 
 def render_latest() -> bytes:
@@ -123,9 +138,11 @@ class MetricsServer:
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0", *, health: Callable[[], bool] = lambda: True,
-                         metrics: OperatorMetrics | None = None) -> MetricsServer:
+                         metrics: OperatorMetrics | None = None,
+                         role: Callable[[], str] | None = None) -> MetricsServer:
     """Serve GET /metrics (Prometheus text) and GET /healthz (200 "ok" while `health()` is true, else 503)
-    on a daemon thread. Port 0 picks a free port."""
+    on a daemon thread. Port 0 picks a free port. With `role` (leader election: "leader" or "standby"),
+    the body says it: "ok: leader", "ok: standby", "unhealthy (standby): ..."."""
     source = metrics or DEFAULT
 
     class Handler(BaseHTTPRequestHandler):
@@ -141,7 +158,16 @@ def start_metrics_server(port: int, host: str = "0.0.0.0", *, health: Callable[[
                 except Exception:  # a broken health check is an unhealthy operator, not a crashed server
                     log.exception("health check raised")
                     ok = False
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy: reconcile workers stalled\n")
+                try:
+                    said = role() if role is not None else ""
+                except Exception:  # noqa: BLE001 - never let the role break the probe
+                    said = "unknown"
+                if ok:
+                    body = f"ok: {said}\n" if said else "ok\n"
+                else:
+                    body = f"unhealthy ({said}): reconcile workers stalled or leader election stopped\n" if said \
+                        else "unhealthy: reconcile workers stalled\n"
+                self._reply(200 if ok else 503, body.encode())
             else:
                 self._reply(404, b"not found: try /metrics or /healthz\n")
 

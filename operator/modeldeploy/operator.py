@@ -4,19 +4,32 @@ kopf is used for what it is good at (watch streams, reconnects, namespaces, sign
 register only event handlers, which make kopf write nothing to the objects: no finalizers,
 no progress or diff-base annotations. So a steady state costs no writes at all. The initial
 listing of objects is our "resume", ADDED our "create" and MODIFIED our "update".
+
+With leader election (the Helm chart runs two replicas) an Elector task holds or waits for a
+coordination.k8s.io/v1 Lease (modeldeploy.leader decides). Every replica runs the watches and
+tracks the known ModelDeployments; only the leader's work queue is open. Becoming leader opens it
+and enqueues every known key; losing the Lease (or missing the renew deadline) closes it at once,
+cancelling reconciles in flight; SIGTERM releases the Lease so the standby takes over within a
+retry period (2 s). The Lease costs one GET per replica and one PUT by the leader every 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
-from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, VERSION, metrics, naming
-from modeldeploy.kube import ApiError
+from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, VERSION, leader, metrics, naming
+from modeldeploy.kube import LEASE, ApiError, Cluster
 from modeldeploy.reconciler import Outcome, Reconciler
 from modeldeploy.render.capabilities import ServerCapabilities, limitations
 from modeldeploy.workqueue import WorkQueue
@@ -41,16 +54,200 @@ CHILD_WATCHES = (
 )
 
 
+DEFAULT_LEASE_NAME = "modeldeploy-operator"
+# A Lease request that takes longer than this is given up (a leader's are bounded by its renew deadline).
+LEASE_REQUEST_SECONDS = 5.0
+RELEASE_SECONDS = 3.0  # how long a stopping leader tries to release the Lease
+
+
+def default_identity() -> str:
+    """This replica's name in the Lease: the pod's name (downward API POD_NAME, else the hostname,
+    which is the pod's name in a pod) and a random suffix, so a restarted container is a new
+    candidate and never mistakes its previous life's Lease for its own."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(4)}"
+
+
+def _micro_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # metav1.MicroTime
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    namespace: str
+    name: str = DEFAULT_LEASE_NAME
+    identity: str = ""
+
+
+class Elector:
+    """Holds or waits for the Lease, as modeldeploy.leader decides; calls on_lead/on_stop on changes.
+
+    The imperative shell of leader election: every request is bounded (a leader's by what is left of
+    its renew deadline, so a hung API call cannot keep it reconciling past the deadline), and a replace
+    carries the resourceVersion it read, so of two replicas racing for the Lease one gets 409.
+    """
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str, identity: str, *,
+                 on_lead: Callable[[], None], on_stop: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], str] = _micro_now) -> None:
+        self.cluster = cluster
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.on_lead, self.on_stop = on_lead, on_stop
+        self.clock, self.wall = clock, wall
+        self.memory = leader.Memory()
+        self.lease: dict[str, Any] | None = None  # as last read or written: its resourceVersion goes with a replace
+        self.leading = False  # on_lead was called and on_stop not since
+        self._complained = False
+
+    def _stop(self, reason: str) -> None:
+        self.memory = leader.stepped_down(self.memory)
+        if self.leading:
+            self.leading = False
+            self.on_stop(reason)
+
+    def _budget(self) -> float:
+        return leader.renew_budget(self.memory, self.clock()) if self.leading else LEASE_REQUEST_SECONDS
+
+    def _trouble(self, what: str, error: BaseException) -> None:
+        shown = str(error) or type(error).__name__
+        if self.leading or not self._complained:  # a standby says it once until things work again
+            log.warning("leader election: %s the Lease %s/%s failed: %s", what, self.namespace, self.name, shown)
+        self._complained = True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                wait = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug here must not end leader election for good
+                log.exception("leader election step failed")
+                self._check_deadline()
+                wait = leader.RETRY_PERIOD_SECONDS
+            await asyncio.sleep(wait)
+
+    def _check_deadline(self) -> None:
+        if self.leading and not leader.still_leading(self.memory, self.clock()):
+            self._stop(f"no successful renewal within the renew deadline ({leader.RENEW_DEADLINE_SECONDS:.0f}s)")
+
+    def _after_failure(self) -> float:
+        """When to try again after a failed request: a retry period, or at the renew deadline if sooner."""
+        self._check_deadline()
+        return min(leader.RETRY_PERIOD_SECONDS, max(self._budget(), 0.05)) if self.leading \
+            else leader.RETRY_PERIOD_SECONDS
+
+    async def step(self) -> float:
+        """One try: read, decide, write. Returns the seconds until the next one."""
+        self._check_deadline()
+        looked = self.clock()
+        try:
+            lease = await asyncio.wait_for(self.cluster.get(LEASE, self.namespace, self.name), self._budget())
+        except (ApiError, asyncio.TimeoutError) as error:
+            self._trouble("reading", error)
+            return self._after_failure()
+        now = self.clock()
+        self.lease = lease
+        self.memory = leader.observe(self.memory, leader.LeaseRecord.from_lease(lease), now, sent_at=looked)
+        decision = leader.decide(self.memory, self.identity, now, self.wall())
+        if decision.action == "lost":
+            self._stop(decision.reason)
+            return 0.0  # look again at once: the Lease may be free
+        if decision.action == "standby":
+            self._complained = False
+            return decision.wait_seconds
+        assert decision.record is not None
+        sent = self.clock()
+        try:
+            if decision.action == "create":
+                body = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
+                        "metadata": {"name": self.name, "namespace": self.namespace}, "spec": decision.record.spec()}
+                stored = await asyncio.wait_for(self.cluster.create_lease(body), self._budget())
+            else:
+                assert lease is not None
+                body = {**lease, "spec": decision.record.spec(),
+                        "metadata": {k: v for k, v in lease["metadata"].items() if k != "managedFields"}}
+                stored = await asyncio.wait_for(self.cluster.replace_lease(body), self._budget())
+        except ApiError as error:
+            if error.conflict:  # someone else wrote the Lease since we read it: they won
+                log.info("leader election: lost the race for the Lease %s/%s (%s)", self.namespace, self.name,
+                         error.reason)
+                self._stop("another replica wrote the Lease first (409 Conflict)")
+                return leader.RETRY_PERIOD_SECONDS
+            self._trouble(f"{decision.action} of", error)
+            return self._after_failure()
+        except asyncio.TimeoutError as error:
+            self._trouble(f"{decision.action} of", error)
+            return self._after_failure()
+        self._complained = False
+        self.lease = stored
+        self.memory = leader.renewed(self.memory, decision.record, sent)
+        if not self.leading:
+            self.leading = True
+            log.info("leader election: %s leads now (%s the Lease %s/%s: %s)", self.identity, decision.action,
+                     self.namespace, self.name, decision.reason or "held already")
+            self.on_lead()
+        return leader.RETRY_PERIOD_SECONDS
+
+    async def release(self) -> None:
+        """Stop leading and hand the Lease over (SIGTERM): holder "", duration 1 s, so a standby takes
+        it at its next look instead of waiting out the lease duration."""
+        was_leading = self.leading
+        self._stop("shutting down")
+        lease = self.lease
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+            if not self.memory.observed or self.memory.looked_at is None:
+                return  # never saw a Lease: nothing of ours to release
+            # An acquire cut short by the shutdown may have been written all the same: look.
+            try:
+                lease = await asyncio.wait_for(self.cluster.get(LEASE, self.namespace, self.name), RELEASE_SECONDS)
+            except (ApiError, asyncio.TimeoutError):
+                return
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+        record = leader.released(leader.LeaseRecord.from_lease(lease) or leader.LeaseRecord(), self.wall())
+        body = {**lease, "spec": record.spec(),
+                "metadata": {k: v for k, v in lease["metadata"].items() if k != "managedFields"}}
+        try:
+            self.lease = await asyncio.wait_for(self.cluster.replace_lease(body), RELEASE_SECONDS)
+        except (ApiError, asyncio.TimeoutError) as error:  # the Lease then simply expires
+            log.warning("leader election: could not release the Lease %s/%s: %s", self.namespace, self.name,
+                        str(error) or type(error).__name__)
+            return
+        log.info("leader election: released the Lease %s/%s%s", self.namespace, self.name,
+                 "" if was_leading else " (held, though past the renew deadline)")
+
+
 class OperatorState:
     """What the handlers share: the queue and the set of known ModelDeployments."""
 
-    def __init__(self, reconciler: Reconciler, health_cache: Any) -> None:
+    def __init__(self, reconciler: Reconciler, health_cache: Any, *, lease: LeaseConfig | None = None) -> None:
         self.reconciler = reconciler
         self.health_cache = health_cache
         self.known: set[tuple[str, str]] = set()
         self.conditions: dict[tuple[str, str], dict[str, str]] = {}
-        self.queue = WorkQueue(self._reconcile, workers=WORKERS, on_error=self._failed)
+        # Without leader election this replica leads from the start; with it, it stands by until it holds the Lease.
+        self.queue = WorkQueue(self._reconcile, workers=WORKERS, on_error=self._failed, is_open=lease is None)
         self.resync: asyncio.Task[None] | None = None
+        self.elector: Elector | None = None
+        self.election: asyncio.Task[None] | None = None
+        if lease is not None:
+            self.elector = Elector(reconciler.cluster, lease.namespace, lease.name,
+                                   lease.identity or default_identity(), on_lead=self._lead, on_stop=self._stand_by)
+        metrics.set_leader(lease is None)
+
+    def _lead(self) -> None:
+        metrics.set_leader(True)
+        self.queue.open()
+        for key in sorted(self.known):  # whatever changed while we stood by
+            self.queue.enqueue(key)
+
+    def _stand_by(self, reason: str) -> None:
+        self.queue.close()  # at once: no reconcile starts, the ones in flight are cancelled
+        metrics.set_leader(False)
+        log.warning("leader election: stopped leading, no more reconciles here: %s", reason)
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.elector is None or self.elector.leading else "standby"
 
     async def _reconcile(self, key: tuple[str, str]) -> float | None:
         started = time.monotonic()
@@ -96,6 +293,10 @@ class OperatorState:
     def healthy(self) -> bool:
         if not self.queue.alive:
             return False
+        if self.election is not None and self.election.done():  # leader election must never stop
+            return False
+        if not self.queue.is_open:  # a standby waits by design: that is no stall
+            return True
         return not (self.queue.waiting and time.monotonic() - self.queue.last_progress > STALL_SECONDS)
 
 
@@ -123,6 +324,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     state = _state()
     state.queue.start()
     state.resync = asyncio.get_running_loop().create_task(_resync_forever(state), name="modeldeploy-resync")
+    if state.elector is not None:
+        log.info("leader election: %s stands by for the Lease %s/%s", state.elector.identity,
+                 state.elector.namespace, state.elector.name)
+        state.election = asyncio.get_running_loop().create_task(state.elector.run(), name="modeldeploy-elector")
 
 
 async def _resync_forever(state: OperatorState) -> None:
@@ -138,6 +343,11 @@ async def shutdown(**_: Any) -> None:
     state = _state()
     if state.resync is not None:
         state.resync.cancel()
+    if state.election is not None:
+        state.election.cancel()
+        await asyncio.gather(state.election, return_exceptions=True)
+    if state.elector is not None:
+        await state.elector.release()  # closes the queue's gate first, then hands the Lease over
     await state.queue.stop()
     close = getattr(state.health_cache, "close", None)
     if close is not None:
@@ -195,8 +405,9 @@ async def discover_capabilities(cluster: Any) -> ServerCapabilities:
     return capabilities
 
 
-def run(*, namespaces: list[str], health_port: int, verbose: bool) -> int:
-    """Blocking: runs until SIGTERM/SIGINT, then shuts down cleanly."""
+def run(*, namespaces: list[str], health_port: int, verbose: bool, lease: LeaseConfig | None = None) -> int:
+    """Blocking: runs until SIGTERM/SIGINT, then shuts down cleanly. With `lease`, reconciles only
+    while this replica holds that Lease."""
     global STATE
     from modeldeploy.cluster import KubernetesCluster
     from modeldeploy.triton import ReportCache, TritonProbe
@@ -206,8 +417,11 @@ def run(*, namespaces: list[str], health_port: int, verbose: bool) -> int:
     cluster = KubernetesCluster.from_environment()
     capabilities = asyncio.run(discover_capabilities(cluster))  # once, before any reconcile
     cache = ReportCache(TritonProbe())
-    STATE = OperatorState(Reconciler(cluster, cache, capabilities=capabilities), cache)
-    server = metrics.start_metrics_server(health_port, health=STATE.healthy) if health_port else None
+    if lease is None:
+        log.info("leader election is off: this process reconciles from the start (run one at a time)")
+    STATE = OperatorState(Reconciler(cluster, cache, capabilities=capabilities), cache, lease=lease)
+    server = metrics.start_metrics_server(health_port, health=STATE.healthy, role=lambda: _state().role) \
+        if health_port else None
     try:
         kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces)
     finally:

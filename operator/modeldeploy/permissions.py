@@ -65,7 +65,15 @@ CLUSTER: tuple[Permission, ...] = (
 # Not namespaces: kopf lists them only to expand namespace patterns, which we never pass (it
 # serves all namespaces, or exactly the ones named, and falls back to those names on a 403).
 
-ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER
+# In the operator's own (release) namespace only, in both install modes: a Role there, never part of
+# the ClusterRole or of the Roles in watched namespaces.
+RELEASE_NAMESPACE: tuple[Permission, ...] = (
+    _p("coordination.k8s.io", "leases", "get create update",
+       "leader election between the operator's replicas: read the Lease, create it the first time, renew, "
+       "take over or release it with a resourceVersion precondition (update); never watched or deleted"),
+)
+
+ALL: tuple[Permission, ...] = NAMESPACED + CLUSTER + RELEASE_NAMESPACE
 
 
 def allowed(api_group: str, resource: str, verb: str) -> bool:

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 POLL_FIRST_SECONDS = 3.0
 POLL_MAX_SECONDS = 60.0
 
+# A status write refused because the object changed since this reconcile read it: look again soon.
+CONFLICT_RETRY_SECONDS = 0.1
+
 _KIND_MISSING = object()  # a child kind whose CRD is not installed
 
 
@@ -239,7 +242,20 @@ class Reconciler:
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
         if status != previous:
-            await self.cluster.patch_status(meta["namespace"], meta["name"], status)
+            try:  # fenced: only over the object this reconcile read (a stale replica's write gets 409)
+                await self.cluster.patch_status(meta["namespace"], meta["name"], status,
+                                                resource_version=meta.get("resourceVersion"))
+            except ApiError as error:
+                if not error.conflict:
+                    raise
+                log.debug("%s/%s changed since it was read; reconciling it again", *key)
+                changes = changes or Changes()  # what was applied did happen: say so; status transitions wait
+                for event in events_for(previous, previous, created=changes.created, updated=changes.updated,
+                                        deleted=changes.deleted):
+                    await self._post(obj, event)
+                outcome.requeue_after = CONFLICT_RETRY_SECONDS  # a retry, not a failure: no backoff, no error
+                outcome.conditions = {c["type"]: c["status"] for c in previous.get("conditions", [])}
+                return outcome
             outcome.status_written = True
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
         if ready:

@@ -4,6 +4,10 @@
   cause exactly one more run afterwards.
 - A bounded number of workers, so one slow object never stalls the others for long.
 - Failures back off per key (1 s doubling to 5 min), so a broken object cannot cause a retry storm.
+- A gate (leader election): while it is closed keys are still queued, coalesced and timed, but no
+  worker starts one; closing it also cancels the reconciles in flight, which stop at their current
+  await (an API call already sent completes in its thread, its answer is dropped, no further call
+  starts) and are queued again. Opening it lets the queued keys run.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ def backoff_seconds(failures: int) -> float:
 
 class WorkQueue:
     def __init__(self, work: Callable[[Any], Awaitable[float | None]], *, workers: int = 4,
-                 on_error: Callable[[Any, BaseException], None] | None = None) -> None:
-        """`work(key)` returns seconds after which to run the key again, or None."""
+                 on_error: Callable[[Any, BaseException], None] | None = None, is_open: bool = True) -> None:
+        """`work(key)` returns seconds after which to run the key again, or None. `is_open` False starts
+        with the gate closed (a standby)."""
         self._work = work
         self._workers = workers
         self._on_error = on_error
@@ -38,6 +43,10 @@ class WorkQueue:
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._failures: dict[Hashable, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._gate_open = is_open
+        self._gate: asyncio.Event | None = None  # made in start(), inside the running loop
+        self._in_flight: dict[Hashable, asyncio.Task[float | None]] = {}
+        self._preempted: set[asyncio.Task[float | None]] = set()
         self.last_progress = time.monotonic()
 
     def enqueue(self, key: Hashable, delay: float = 0.0) -> None:
@@ -72,15 +81,50 @@ class WorkQueue:
             timer.cancel()
         self._failures.pop(key, None)
 
+    @property
+    def is_open(self) -> bool:
+        return self._gate_open
+
+    def open(self) -> None:
+        """Let workers start reconciles (again)."""
+        self._gate_open = True
+        self.last_progress = time.monotonic()  # the stall clock starts now, not while we stood by
+        if self._gate is not None:
+            self._gate.set()
+
+    def close(self) -> None:
+        """Start no reconcile from now on, and cancel the ones in flight (they are queued again)."""
+        self._gate_open = False
+        if self._gate is not None:
+            self._gate.clear()
+        for task in self._in_flight.values():
+            if not task.done():
+                self._preempted.add(task)
+                task.cancel()
+
     async def _worker(self) -> None:
+        assert self._gate is not None
         while True:
+            await self._gate.wait()
             key = await self._ready.get()
+            if not self._gate_open:  # closed while this worker waited for a key: leave it queued
+                self._ready.put_nowait(key)
+                continue
             self._queued.discard(key)
             self._running.add(key)
+            task = self._in_flight[key] = asyncio.ensure_future(self._work(key))
             try:
-                again = await self._work(key)
+                again = await task
             except asyncio.CancelledError:
-                raise
+                if task not in self._preempted:
+                    raise  # the worker itself is being stopped
+                # Preempted by close(): not a failure; it runs again once the gate opens.
+                self._preempted.discard(task)
+                self._running.discard(key)
+                self._in_flight.pop(key, None)
+                self._again.discard(key)
+                self.enqueue(key)
+                continue
             except Exception as error:  # noqa: BLE001 - one object's failure must not stop the worker
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 if self._on_error is not None:
@@ -91,6 +135,8 @@ class WorkQueue:
             else:
                 self._failures.pop(key, None)
             finally:
+                if self._in_flight.get(key) is task:
+                    del self._in_flight[key]
                 self._running.discard(key)
                 self.last_progress = time.monotonic()
             if key in self._again:
@@ -100,6 +146,9 @@ class WorkQueue:
                 self.enqueue(key, again)
 
     def start(self) -> None:
+        self._gate = asyncio.Event()
+        if self._gate_open:
+            self._gate.set()
         self._tasks = [asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}")
                        for i in range(self._workers)]
 
@@ -109,7 +158,10 @@ class WorkQueue:
         self._timers.clear()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for work in self._in_flight.values():
+            work.cancel()
+        await asyncio.gather(*self._tasks, *self._in_flight.values(), return_exceptions=True)
+        self._in_flight.clear()
         self._tasks = []
 
     @property

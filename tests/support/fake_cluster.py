@@ -31,9 +31,15 @@ Modelled on kube-apiserver (behaviour checked against its sources and the server
   (fieldsType FieldsV1, {"f:spec": {"f:replicas": {}}}, list elements as
   k:{"name":"triton"} with "." for the element itself).
 
+- optimistic concurrency: patch_status with a resource_version and replace_lease (PUT of a whole
+  object carrying metadata.resourceVersion) are 409 Conflict unless that is still the stored
+  resourceVersion; create_lease of an existing Lease is 409 AlreadyExists; every write that changes
+  an object bumps its resourceVersion, so of two writers that read the same version exactly one wins.
+
 Every protocol call is checked against modeldeploy.permissions like the real boundary, and
 counted: `requests`/`calls` (all), `writes` (apply without dry run, delete, patch_status,
-post_event, whether or not the server then refused it), `events` (posted events).
+create_lease, replace_lease, post_event, whether or not the server then refused it), `events`
+(posted events).
 Test-setup helpers (create, update, update_spec, scale, set_status, delete_as_user, add_secret,
 add_pvc, get_now, list_now) are not operator calls and are not counted.
 """
@@ -55,7 +61,7 @@ from typing import Any
 
 from modeldeploy import FIELD_MANAGER, PLURAL, permissions
 from modeldeploy.cluster import event_body
-from modeldeploy.kube import KIND_BY_NAME, MODEL_DEPLOYMENT, ApiError, Kind
+from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ SYSTEM_METADATA = frozenset({"name", "namespace", "uid", "resourceVersion", "gen
                              "generateName"})
 # Built-in kinds whose OpenAPI schema kubernetes-validate knows (a CRD's is not there).
 SCHEMA_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Pod", "Secret",
-                          "PersistentVolumeClaim", "ReplicaSet"})
+                          "PersistentVolumeClaim", "ReplicaSet", "Lease"})
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -658,7 +664,8 @@ class FakeCluster:
             return  # 404, or 409 precondition failed (another object now): both fine for the caller
         self._delete(self._key(kind, namespace, name))
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], *,
+                           resource_version: str | None = None) -> dict[str, Any]:
         permissions.require(MODEL_DEPLOYMENT.group, f"{PLURAL}/status", "patch")
         await self._enter("patch_status", MODEL_DEPLOYMENT, namespace, name)
         self.writes.append(("patch_status", MODEL_DEPLOYMENT.kind, namespace, name))
@@ -667,10 +674,46 @@ class FakeCluster:
         stored = self._objects.get(key)
         if stored is None:
             raise ApiError(404, "NotFound", f'{PLURAL}.{MODEL_DEPLOYMENT.group} "{name}" not found')
+        if resource_version and resource_version != stored.obj["metadata"]["resourceVersion"]:
+            raise self._conflict(MODEL_DEPLOYMENT, name)
         new = copy.deepcopy(stored.obj)
         new["status"] = copy.deepcopy(status)
         self._commit(key, new, FIELD_MANAGER, "Update", "status")
         return self.get_now(MODEL_DEPLOYMENT, namespace, name)  # type: ignore[return-value]
+
+    async def create_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(LEASE.group, LEASE.plural, "create")
+        meta = lease.get("metadata") or {}
+        await self._enter("create_lease", LEASE, meta.get("namespace", ""), meta.get("name", ""))
+        self.writes.append(("create_lease", LEASE.kind, meta.get("namespace", ""), meta.get("name", "")))
+        self._maybe_fail("create_lease", LEASE)
+        if self._key(LEASE, meta.get("namespace"), meta.get("name", "")) in self._objects:
+            raise ApiError(409, "AlreadyExists", f'leases.coordination.k8s.io "{meta.get("name")}" already exists')
+        self._validate(LEASE, copy.deepcopy(lease))
+        return self.create(lease, manager=FIELD_MANAGER)
+
+    async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """PUT: the whole object replaces the stored one; a stale metadata.resourceVersion is 409 Conflict.
+        (The API server lets a Lease be updated without one, unconditionally; our boundary never does.)"""
+        permissions.require(LEASE.group, LEASE.plural, "update")
+        meta = lease.get("metadata") or {}
+        await self._enter("replace_lease", LEASE, meta.get("namespace", ""), meta.get("name", ""))
+        self.writes.append(("replace_lease", LEASE.kind, meta.get("namespace", ""), meta.get("name", "")))
+        self._maybe_fail("replace_lease", LEASE)
+        if not meta.get("resourceVersion"):
+            raise ValueError("the cluster boundary replaces a Lease only with the resourceVersion it read")
+        stored = self._objects.get(self._key(LEASE, meta.get("namespace"), meta.get("name", "")))
+        if stored is None:
+            raise ApiError(404, "NotFound", f'leases.coordination.k8s.io "{meta.get("name")}" not found')
+        if meta["resourceVersion"] != stored.obj["metadata"]["resourceVersion"]:
+            raise self._conflict(LEASE, meta["name"])
+        self._validate(LEASE, copy.deepcopy(lease))
+        return self.update(lease, manager=FIELD_MANAGER)
+
+    def _conflict(self, kind: Kind, name: str) -> ApiError:
+        return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {self._resource(kind)} "{name}": the '
+                                         f"object has been modified; please apply your changes to the latest "
+                                         f"version and try again")
 
     async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         permissions.require("", "events", "create")
