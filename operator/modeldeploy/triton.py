@@ -36,10 +36,11 @@ from modeldeploy.model_health import (
     should_probe,
     unreachable,
 )
-from modeldeploy.triton_flags import repository_api_headers
+from modeldeploy.triton_flags import METRICS_PORT, repository_api_headers
 
 __all__ = [
     "CachedReport",
+    "MetricsScrape",
     "ModelSignature",
     "PodModelReport",
     "PodTarget",
@@ -48,6 +49,7 @@ __all__ = [
     "TritonProbe",
     "TritonUnavailable",
     "VersionState",
+    "scrape_metrics",
     "use_cached",
 ]
 
@@ -275,3 +277,57 @@ class ReportCache:
 
     async def close(self) -> None:
         await self.probe.close()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+METRICS_PATH = "/metrics"
+MAX_METRICS_BYTES = 8 * 1024 * 1024  # Triton's text is a few kB per model; more is not Triton
+
+
+@dataclass(frozen=True)
+class MetricsScrape:
+    """One GET of Triton's metrics endpoint: the text (Prometheus exposition) or why there is none.
+    Parse it with modeldeploy.analysis (Sample.from_text)."""
+
+    host: str
+    port: int
+    text: str | None
+    error: str = ""  # "" when text is there
+
+    @property
+    def ok(self) -> bool:
+        return self.text is not None
+
+
+async def scrape_metrics(host: str, port: int = METRICS_PORT, timeout: float = 2.0) -> MetricsScrape:
+    """GET http://host:port/metrics within `timeout` seconds (the whole conversation). Never raises for
+    anything the server does (refused, silent, closed, non-200, too large, not text): the result says
+    why there is no text. CancelledError still propagates."""
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    url = f"http://{server_address(host, port)}{METRICS_PATH}"
+    try:
+        async with asyncio.timeout(timeout), aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout)) as session, session.get(url) as response:
+            body = await response.content.read(MAX_METRICS_BYTES + 1)
+            if response.status != 200:
+                return MetricsScrape(host, port, None, f"HTTP {response.status}: "
+                                     f"{first_line(body.decode('utf-8', 'replace')) or response.reason or ''}")
+            if len(body) > MAX_METRICS_BYTES:
+                return MetricsScrape(host, port, None, f"more than {MAX_METRICS_BYTES} bytes: not Triton's metrics")
+            return MetricsScrape(host, port, body.decode("utf-8", "replace"))
+    except Exception as error:  # noqa: BLE001 - never raise for the server; CancelledError still propagates
+        if isinstance(error, TimeoutError):
+            detail = f"no answer within {timeout:g}s"
+        elif isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, ConnectionRefusedError):
+            detail = "connection refused"
+        elif isinstance(error, aiohttp.ServerDisconnectedError):
+            detail = "the connection closed before a response"
+        elif isinstance(error, (OSError, aiohttp.ClientError)):
+            detail = first_line(str(error)) or type(error).__name__
+        else:
+            log.warning("unexpected error scraping Triton's metrics", exc_info=error)
+            detail = f"{type(error).__name__}: {first_line(str(error))}"
+        log.debug("Triton metrics at %s:%s: %s", host, port, detail)
+        return MetricsScrape(host, port, None, f"Triton metrics at {host}:{port}: {detail}")

@@ -328,3 +328,76 @@ def _start(model_repository: Path, http_port: int, grpc_port: int, metrics_port:
         time.sleep(0.1)
     server.stop()
     raise TimeoutError(f"tritonserver was not live after {startup_timeout:g}s:\n{server.log()[-4000:]}")
+
+
+# `canary`: versions with known behaviour for the metrics analysis (tests/test_analysis.py). Requests
+# are executed one per execute() call (no dynamic batching), so "every Nth call" is every Nth request.
+# A failure is an exception raised from execute(): Triton 2.51 counts it in
+# nv_inference_request_failure{reason="BACKEND"}. An error *response*
+# (pb_utils.InferenceResponse(error=...)) reaches the client as an HTTP error but Triton counts it as a
+# success, so it would be invisible to the analysis (see docs/triton-flags.md).
+CANARY_FAIL_EVERY = 5
+CANARY_SLOW_SECONDS = 0.02
+CANARY_MODEL = """\
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FAIL_EVERY = {fail_every}  # 0: never
+SLEEP_SECONDS = {sleep_seconds}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.calls = 0
+
+    def execute(self, requests):
+        self.calls += 1
+        if FAIL_EVERY and self.calls % FAIL_EVERY == 0:
+            raise RuntimeError("injected failure")
+        if SLEEP_SECONDS:
+            time.sleep(SLEEP_SECONDS)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy().astype(np.float32))])
+            for r in requests]
+"""
+
+
+def write_canary_model(repository: Path, name: str = "canary") -> Path:
+    """Model `name` (version_policy all, the `simple` signature FP32[4] -> FP32[4], identity):
+    version 1 healthy; version 2 raises in every CANARY_FAIL_EVERY-th execute (20% failing);
+    version 3 healthy but CANARY_SLOW_SECONDS slower per request."""
+    for version, fail_every, sleep_seconds in ((1, 0, 0.0), (2, CANARY_FAIL_EVERY, 0.0), (3, 0, CANARY_SLOW_SECONDS)):
+        write_model(repository, name, (version,), source=CANARY_MODEL.format(fail_every=fail_every,
+                                                                           sleep_seconds=sleep_seconds))
+    return repository / name
+
+
+# `queued`: one request at a time takes QUEUED_EXECUTE_SECONDS; the dynamic batcher's queue holds at
+# most 2 more (a third is refused: "Exceeds maximum queue size", which Triton 2.51 counts nowhere).
+# A gRPC client that cancels a request while it waits in that queue makes Triton count it in
+# nv_inference_request_failure{reason="CANCELED"}; while requests wait,
+# nv_inference_pending_request_count is their number.
+QUEUED_EXECUTE_SECONDS = 1.0
+QUEUED_MODEL = f"""\
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep({QUEUED_EXECUTE_SECONDS})
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())]) for r in requests]
+"""
+
+
+def write_queued_model(repository: Path, name: str = "queued") -> Path:
+    """Model `name`, version 1 (see QUEUED_MODEL): dynamic batching with a queue of at most 2 requests."""
+    path = write_model(repository, name, (1,), all_versions=False, source=QUEUED_MODEL)
+    config = path / "config.pbtxt"
+    config.write_text(config.read_text() + "dynamic_batching { max_queue_delay_microseconds: 0 "
+                      "default_queue_policy { max_queue_size: 2 } }\n")
+    return path
