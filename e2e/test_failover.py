@@ -160,3 +160,78 @@ def test_a_gracefully_stopped_leader_hands_over_in_about_two_seconds(operator_re
     assert handover < GRACEFUL_HANDOVER_BOUND, operator_log()
     # The Deployment replaces the deleted pod: two replicas again, the new one standing by.
     settled()
+
+
+def operator_restarts() -> dict[str, int]:
+    items = (get_json("pods", "-n", RELEASE_NAMESPACE, "-l", SELECTOR) or {}).get("items", [])
+    return {p["metadata"]["name"]: sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or [])
+            for p in items if not p["metadata"].get("deletionTimestamp")}
+
+
+def running(pid: int) -> bool:
+    """Alive, and not a zombie waiting for a parent that is gone to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def restart_api_server(down_seconds: float) -> None:
+    """Stop the e2e cluster's kube-apiserver (etcd keeps the data) and start it again as it was."""
+    state = Path(E2E_STATE or "") / "cluster"
+    pid = int((state / "kube-apiserver.pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    # SIGKILL, as a crash or an OOM kill would: on SIGTERM it drains long-running watches for over a minute.
+    os.kill(pid, 9)
+    wait_for("the API server to stop", lambda: not running(pid), timeout=30, interval=0.2)
+    time.sleep(down_seconds)
+    with open(state / "apiserver.log", "ab") as log:
+        process = subprocess.Popen([a.decode() for a in argv], cwd=state, stdout=log, stderr=log,
+                                   start_new_session=True)
+    (state / "kube-apiserver.pid").write_text(f"{process.pid}\n")  # so `cluster down` stops it
+    wait_for("the API server to serve again", lambda: kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+             timeout=120, interval=0.5)
+
+
+def test_the_operator_recovers_from_an_api_server_restart_without_restarting(namespace, request):
+    """The API server goes away for 15 s (longer than the renew deadline, so the leader steps down)
+    and comes back: within 30 s the operator leads again and repairs a change, with no pod restart."""
+    if not E2E_STATE:
+        pytest.skip("needs the project's e2e cluster (its API server's pid file)")
+    settled()
+    simple_store(namespace)
+    kubectl("apply", "-f", "-", stdin=json.dumps(model_deployment("apiserver", namespace)))
+    kubectl_wait_ready(namespace, "apiserver")
+    restarts = operator_restarts()
+    restart_api_server(down_seconds=15)
+    back = time.monotonic()
+    kubectl("delete", "service", "apiserver", "-n", namespace, "--wait=false")
+    wait_for("the Service to be repaired after the restart", lambda: get_json("service", "apiserver", "-n", namespace),
+             timeout=30, interval=0.5)
+    recovered = time.monotonic() - back
+    report(request, "apiserver_restart_recovery_seconds", recovered)
+    assert recovered <= 30, operator_log()
+    assert operator_restarts() == restarts, "an operator container restarted"
+    identity, _ = settled()
+    assert identity
+
+
+def test_a_triton_pod_killed_mid_rollout_does_not_stop_the_rollout(namespace):
+    simple_store(namespace)
+    kubectl("apply", "-f", "-", stdin=json.dumps(model_deployment("midroll", namespace, replicas=2)))
+    kubectl_wait_ready(namespace, "midroll")
+    kubectl("patch", "md", "midroll", "-n", namespace, "--type=merge", "-p",
+            json.dumps({"spec": {"model": {"version": "2"}}}))
+
+    def new_pod() -> str | None:
+        items = (get_json("pods", "-n", namespace, "-l", "app.kubernetes.io/instance=midroll") or {}).get("items", [])
+        return next((p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")
+                     and p["metadata"]["labels"].get("app.kubernetes.io/version") == "2"), None)
+
+    victim = wait_for("a pod of version 2", new_pod, timeout=60, interval=0.2)
+    kubectl("delete", "pod", victim, "-n", namespace, "--grace-period=0", "--force", "--wait=false")
+    wait_for("version 2 to serve on every pod", lambda: (get_json("md", "midroll", "-n", namespace) or {}).get(
+        "status", {}).get("currentVersion") == "2", timeout=180)
+    kubectl_wait_ready(namespace, "midroll")
+    md = get_json("md", "midroll", "-n", namespace)
+    assert md["status"]["rollout"]["phase"] == "Idle" and not md["status"]["rollout"].get("failedTemplate"), md
