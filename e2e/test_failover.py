@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -235,3 +236,72 @@ def test_a_triton_pod_killed_mid_rollout_does_not_stop_the_rollout(namespace):
     kubectl_wait_ready(namespace, "midroll")
     md = get_json("md", "midroll", "-n", namespace)
     assert md["status"]["rollout"]["phase"] == "Idle" and not md["status"]["rollout"].get("failedTemplate"), md
+
+
+# Ten leader kills, each at a random moment after a create, a version rollout or a delete.
+DRILL = (("create", "a", "1"), ("create", "b", "1"), ("create", "c", "1"), ("rollout", "a", "2"),
+         ("rollout", "b", "2"), ("delete", "c", ""), ("create", "d", "1"), ("rollout", "d", "2"),
+         ("delete", "a", ""), ("rollout", "b", "1"))
+
+
+def test_ten_leader_kills_during_creates_rollouts_and_deletes_leave_everything_converged(namespace, request):
+    """Each step changes a ModelDeployment, waits a random 0-2 s (the leader is mid-reconcile or
+    not), then SIGKILLs the leader's process (no release: the Lease must run out) and deletes its pod,
+    so that a fresh pod, not a restart in back-off, becomes the next standby. The standby finishes.
+    In the end every object has converged, with exactly its own children and none of the deleted ones'."""
+    socket = containerd_socket()
+    if socket is None:
+        pytest.skip("needs the project's node and its containerd (root) to kill the leader's process")
+    simple_store(namespace)
+    rng = random.Random(int(os.environ.get("MODELDEPLOY_E2E_DRILL_SEED", "8")))
+    versions: dict[str, str] = {}
+    takeovers: list[float] = []
+    for action, name, version in DRILL:
+        identity, _ = settled()
+        if action == "create":
+            kubectl("apply", "-f", "-", stdin=json.dumps(model_deployment(name, namespace)))
+        elif action == "rollout":
+            kubectl("patch", "md", name, "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"model": {"version": version}}}))
+        else:
+            kubectl("delete", "md", name, "-n", namespace, "--wait=false")
+        if version:
+            versions[name] = version
+        else:
+            versions.pop(name, None)
+        pod = get_json("pod", pod_of(identity), "-n", RELEASE_NAMESPACE)
+        (status,) = [c for c in pod["status"]["containerStatuses"] if c["name"] == "operator"]
+        time.sleep(rng.uniform(0, 2))
+        killed = time.monotonic()
+        subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
+                        status["containerID"].partition("://")[2]], check=True, capture_output=True, timeout=30)
+        kubectl("delete", "pod", pod_of(identity), "-n", RELEASE_NAMESPACE, "--wait=false")
+        wait_for("another replica to take the Lease", lambda: holder() not in ("", identity) and holder(),
+                 timeout=CRASH_TAKEOVER_BOUND + 10, interval=0.2)
+        takeovers.append(time.monotonic() - killed)
+    report(request, "drill_min_takeover_seconds", min(takeovers))
+    report(request, "drill_max_takeover_seconds", max(takeovers))
+
+    for name, version in versions.items():
+        wait_for(f"md/{name} to serve version {version}", lambda name=name, version=version: (
+            get_json("md", name, "-n", namespace) or {}).get("status", {}).get("currentVersion") == version,
+            timeout=180)
+        kubectl_wait_ready(namespace, name)
+
+    def children(kind: str) -> dict[str, list[str]]:
+        items = (get_json(kind, "-n", namespace) or {}).get("items", [])
+        owned: dict[str, list[str]] = {}
+        for item in items:
+            for ref in item["metadata"].get("ownerReferences") or []:
+                owned.setdefault(ref["name"], []).append(item["metadata"]["name"])
+        return owned
+
+    uids = {name: get_json("md", name, "-n", namespace)["metadata"]["uid"] for name in versions}
+    for kind in ("deployments", "services"):
+        owned = wait_for(f"{kind} of exactly the remaining objects", lambda kind=kind: (
+            lambda found: found if sorted(found) == sorted(versions) else None)(children(kind)), timeout=120)
+        assert all(names == [name] for name, names in owned.items()), owned
+        for item in (get_json(kind, "-n", namespace) or {}).get("items", []):
+            (ref,) = item["metadata"]["ownerReferences"]
+            assert ref["uid"] == uids[ref["name"]], item["metadata"]
+    assert max(takeovers) <= CRASH_TAKEOVER_BOUND, takeovers
