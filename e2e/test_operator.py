@@ -237,6 +237,17 @@ def roll_out_a_bad_version(namespace: str, model_source: str) -> dict:
     return md
 
 
+def scale_to_two_pods_of_version_1(namespace: str, name: str) -> dict:
+    """kubectl scale to 2, until 2 pods of version 1 are model-ready and status observed the scale."""
+    kubectl("scale", f"md/{name}", "-n", namespace, "--replicas=2")
+    wait_for("2 model-ready pods of version 1", lambda: (get_json("md", name, "-n", namespace) or {}).get(
+        "status", {}).get("versions") == [{"version": "1", "replicas": 2, "readyReplicas": 2, "modelReady": 2}],
+        timeout=120)
+    md = get_json("md", name, "-n", namespace)
+    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    return md
+
+
 def test_a_version_whose_load_fails_is_rolled_back(namespace):
     md = roll_out_a_bad_version(namespace, BROKEN_MODEL)  # its initialize raises
     events = get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=simple")["items"]
@@ -245,12 +256,7 @@ def test_a_version_whose_load_fails_is_rolled_back(namespace):
     assert md["status"]["rollout"]["phase"] == "RolledBack"
     assert BROKEN_ERROR in md["status"]["rollout"]["failureMessage"]
     # kubectl scale is a new generation, but not a new pod template: version 2 stays rolled back.
-    kubectl("scale", "md/simple", "-n", namespace, "--replicas=2")
-    wait_for("2 ready pods of version 1", lambda: (get_json("md", "simple", "-n", namespace) or {}).get(
-        "status", {}).get("versions") == [{"version": "1", "replicas": 2, "readyReplicas": 2, "modelReady": 2}],
-        timeout=120)
-    md = get_json("md", "simple", "-n", namespace)
-    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    md = scale_to_two_pods_of_version_1(namespace, "simple")
     assert md["status"]["rollout"]["failedVersion"] == "2" and md["status"]["currentVersion"] == "1"
     labels = get_json("deployment", "simple", "-n", namespace)["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/version"] == "1"
@@ -298,12 +304,7 @@ def test_a_crash_looping_image_change_is_rolled_back_to_the_previous_image(names
     assert triton_images(namespace, "imaged") == (good_image, {good_image})
 
     # kubectl scale is a new generation, not a new pod template: the failed image stays away.
-    kubectl("scale", "md/imaged", "-n", namespace, "--replicas=2")
-    wait_for("2 model-ready pods", lambda: (get_json("md", "imaged", "-n", namespace) or {}).get(
-        "status", {}).get("versions") == [{"version": "1", "replicas": 2, "readyReplicas": 2, "modelReady": 2}],
-        timeout=120)
-    md = get_json("md", "imaged", "-n", namespace)
-    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    md = scale_to_two_pods_of_version_1(namespace, "imaged")
     assert md["status"]["rollout"]["failedTemplate"] == rollout["failedTemplate"] != ""
     assert triton_images(namespace, "imaged") == (good_image, {good_image})
 

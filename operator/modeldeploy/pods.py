@@ -12,7 +12,7 @@ from typing import Any
 from modeldeploy import naming
 from modeldeploy.api import ModelDeployment
 from modeldeploy.model_health import PodModelReport
-from modeldeploy.render.deployment import PIN_LOADED_CONTAINER
+from modeldeploy.render.deployment import PIN_LOADED_CONTAINER, TRITON_CONTAINER
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,11 @@ def pod_template(pod: Mapping[str, Any]) -> str:
 
 
 def triton_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    return next((c for c in pod.get("status", {}).get("containerStatuses") or [] if c.get("name") == "triton"), None)
+    return container_status(pod, TRITON_CONTAINER)
+
+
+def container_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    return next((c for c in pod.get("status", {}).get("containerStatuses") or [] if c.get("name") == name), None)
 
 
 def is_running(pod: Mapping[str, Any]) -> bool:
@@ -89,8 +93,7 @@ def is_running(pod: Mapping[str, Any]) -> bool:
 def pin_settled(pod: Mapping[str, Any]) -> bool:
     """Whether the pod's pin-loaded sidecar, if it has one, has done its part for the running Triton
     (pin_loaded.py): until then Triton may serve what the repository's own policy loads."""
-    sidecar = next((c for c in pod.get("status", {}).get("containerStatuses") or []
-                    if c.get("name") == PIN_LOADED_CONTAINER), None)
+    sidecar = container_status(pod, PIN_LOADED_CONTAINER)
     return sidecar is None or bool(sidecar.get("ready"))
 
 
