@@ -79,7 +79,8 @@ def main() -> None:
 async def _reconcile_bench() -> None:
     from bench.reconcile import steady_state_reconcile
 
-    await steady_state_reconcile()
+    await steady_state_reconcile(watch_cache=False)
+    await steady_state_reconcile(watch_cache=True)
 
 
 if __name__ == "__main__":

@@ -193,9 +193,19 @@ async def test_list_of_a_missing_kind_names_it(server, cluster):
     assert "horizontalpodautoscalers.autoscaling" in refused.value.message
 
 
-async def test_service_monitors_are_never_listed(cluster):
-    with pytest.raises(permissions.UndeclaredAPICall):
-        await cluster.list(SERVICE_MONITOR, NS, "a=b")
+async def test_a_listing_for_the_watch_cache_spans_every_namespace_and_carries_its_resource_version(server,
+                                                                                                      cluster):
+    server.answer("GET", "/apis/apps/v1/deployments", 200,
+                  {"kind": "DeploymentList", "metadata": {"resourceVersion": "4711"}, "items": [deployment()]})
+    items, version = await cluster.list_all(DEPLOYMENT, None, "app.kubernetes.io/managed-by=modeldeploy")
+    assert version == "4711" and items[0]["kind"] == "Deployment" and items[0]["apiVersion"] == "apps/v1"
+    (request,) = server.requests
+    assert request["query"] == {"labelSelector": ["app.kubernetes.io/managed-by=modeldeploy"]}
+
+
+async def test_service_monitors_are_listed_but_never_watched(cluster):
+    assert permissions.allowed("monitoring.coreos.com", "servicemonitors", "list")
+    assert not permissions.allowed("monitoring.coreos.com", "servicemonitors", "watch")
 
 
 # --- apply --------------------------------------------------------------------------------

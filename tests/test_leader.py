@@ -304,7 +304,8 @@ async def test_a_leader_cut_off_from_the_api_server_stops_at_the_renew_deadline(
     fake, clock = FakeCluster(), Clock()
     (a,), log = electors(fake, clock, "a_1")
     await a.step()
-    fake.fail_next("get", LEASE, ApiError(503, "ServiceUnavailable", "connection refused"), times=100)
+    for verb in ("get", "replace_lease"):
+        fake.fail_next(verb, LEASE, ApiError(503, "ServiceUnavailable", "connection refused"), times=100)
     while True:
         wait = await a.step()
         if not a.leading:
@@ -327,6 +328,7 @@ async def test_a_hung_request_is_cut_at_the_renew_deadline(monkeypatch):
         await hang.wait()
 
     monkeypatch.setattr(fake, "get", stuck)
+    monkeypatch.setattr(fake, "replace_lease", stuck)
     started = asyncio.get_running_loop().time()
     wait = await a.step()
     assert asyncio.get_running_loop().time() - started < 1.0
@@ -335,14 +337,41 @@ async def test_a_hung_request_is_cut_at_the_renew_deadline(monkeypatch):
     assert not a.leading and log == [("a_1", "lead"), ("a_1", "stop")]
 
 
-async def test_a_409_on_renewal_means_someone_else_wrote_it():
+async def test_a_leader_renews_without_reading_the_lease_first():
     fake, clock = FakeCluster(), Clock()
     (a,), log = electors(fake, clock, "a_1")
     await a.step()
-    fake.fail_next("replace_lease", LEASE, ApiError(409, "Conflict", "the object has been modified"))
-    clock.now += RETRY_PERIOD_SECONDS
+    fake.reset_counters()
+    for _ in range(5):
+        clock.now += RETRY_PERIOD_SECONDS
+        await a.step()
+    assert [c[0] for c in fake.calls] == ["replace_lease"] * 5 and a.leading
+
+
+async def test_a_409_on_renewal_sends_the_leader_to_read_the_lease_and_it_stops_if_another_holds_it():
+    fake, clock = FakeCluster(), Clock()
+    (a,), log = electors(fake, clock, "a_1")
     await a.step()
-    assert not a.leading and log == [("a_1", "lead"), ("a_1", "stop")]
+    taken = fake.get_now(LEASE, NS, NAME)
+    fake.update({**taken, "spec": {**taken["spec"], "holderIdentity": "b_2",
+                                   "renewTime": "2026-11-25T15:00:01.000000Z"}})
+    clock.now += RETRY_PERIOD_SECONDS
+    assert await a.step() == 0.0  # 409: look again at once
+    assert a.leading
+    await a.step()
+    assert not a.leading and log == [("a_1", "lead"), ("a_1", "stop")] and holder(fake) == "b_2"
+
+
+async def test_a_409_from_someone_annotating_the_lease_costs_the_leader_nothing():
+    fake, clock = FakeCluster(), Clock()
+    (a,), log = electors(fake, clock, "a_1")
+    await a.step()
+    seen = fake.get_now(LEASE, NS, NAME)
+    fake.update({**seen, "metadata": {**seen["metadata"], "annotations": {"note": "hello"}}})
+    clock.now += RETRY_PERIOD_SECONDS
+    assert await a.step() == 0.0
+    await a.step()
+    assert a.leading and log == [("a_1", "lead")] and holder(fake) == "a_1"
 
 
 async def test_the_fake_api_server_keeps_lease_semantics():

@@ -15,7 +15,7 @@ import yaml
 
 from modeldeploy import metrics
 from modeldeploy import operator as op
-from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD, ApiError
+from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, POD, SERVICE_MONITOR, ApiError
 from modeldeploy.reconciler import Reconciler
 from modeldeploy.render.capabilities import OpenAPIUnreadable, ServerCapabilities
 from modeldeploy.triton import ReportCache
@@ -134,6 +134,42 @@ async def test_kopf_bookkeeping_lives_under_our_prefix(state):
     models = Resource("modeldeploy.dev", "v1alpha1", "modeldeployments", namespaced=True)
     assert settings.watching.label_selectors.collect(pods) == ["app.kubernetes.io/managed-by=modeldeploy"]
     assert settings.watching.label_selectors.collect(models) == []
+
+
+async def test_the_watch_cache_is_filled_at_startup_and_fed_by_every_watch_event(tritonserver):
+    from modeldeploy.cache import CachedCluster, WatchCache
+
+    fake = FakeCluster()
+    fake.uninstall(SERVICE_MONITOR)
+    fake.create(md_object("before"))
+    watch_cache = WatchCache()
+    health = ReportCache(SharedServerProbe(tritonserver, timeout_seconds=2.0))
+    reconciler = Reconciler(CachedCluster(fake, watch_cache), health, triton_port=tritonserver.http_port)
+    op.STATE = op.OperatorState(reconciler, health, watch_cache=watch_cache, namespaces=(NS,))
+    try:
+        await op.configure(settings=kopf.OperatorSettings())  # the startup handler lists every cached kind
+        assert {c[:2] for c in fake.calls} == {("list", kind.kind) for kind in op.CACHED_KINDS}
+        assert watch_cache.get(MODEL_DEPLOYMENT, NS, "before") is not None
+        assert watch_cache.is_missing(SERVICE_MONITOR)  # listed as 404: served as "no such kind"
+        # kopf's events carry the object: the cache has it before the reconcile they cause reads it.
+        fake.create(md_object("after"))
+        added = fake.get_now(MODEL_DEPLOYMENT, NS, "after")
+        await op.on_model_deployment(event={"type": "ADDED", "object": added}, name="after", namespace=NS)
+        assert watch_cache.get(MODEL_DEPLOYMENT, NS, "after")["metadata"]["uid"] == added["metadata"]["uid"]
+        await op.STATE.queue.idle()
+        deployment = fake.get_now(DEPLOYMENT, NS, "after")
+        deployment["metadata"]["resourceVersion"] = str(int(deployment["metadata"]["resourceVersion"]) + 100)
+        deployment["spec"]["paused"] = True
+        op._child_events(DEPLOYMENT)(event={"type": "MODIFIED", "object": deployment},
+                                     labels=deployment["metadata"]["labels"], namespace=NS)
+        assert watch_cache.get(DEPLOYMENT, NS, "after")["spec"]["paused"] is True
+        assert ("after" in {k[1] for k in op.STATE.queue._queued} or op.STATE.queue.waiting
+                or op.STATE.queue._running)
+    finally:
+        if op.STATE.resync is not None:
+            op.STATE.resync.cancel()
+        await op.STATE.queue.stop()
+        op.STATE = None
 
 
 def test_handlers_have_explicit_ids_and_are_event_handlers_only():
@@ -350,6 +386,7 @@ async def test_a_leader_that_loses_the_lease_stops_reconciling_at_once(standby):
     lease = fake.get_now(LEASE, "modeldeploy-system", "md-lease")
     # Another replica took the Lease (say this one was paused for longer than the lease duration).
     fake.update({**lease, "spec": {**lease["spec"], "holderIdentity": "replica-b_0002"}})
+    assert await state.elector.step() == 0.0  # its renewal is refused (409): it looks at the Lease at once
     await state.elector.step()
     assert state.role == "standby" and not state.queue.is_open and leader_gauge() == "modeldeploy_leader 0.0"
     await op.on_model_deployment(event={"type": "ADDED"}, name="simple", namespace=NS)

@@ -17,6 +17,7 @@ from modeldeploy.triton import ReportCache
 from tests.support.deployment_controller import rolling, settle
 from tests.support.fake_cluster import FakeCluster
 from tests.support.triton_fixtures import SharedServerProbe
+from tests.support.watch import watch_cached
 
 NS = "vision"
 pytestmark = pytest.mark.triton
@@ -53,10 +54,12 @@ def fake():
     return FakeCluster()
 
 
-@pytest.fixture()
-async def reconciler(fake, tritonserver):
+@pytest.fixture(params=["api-reads", "watch-cache-reads"])
+async def reconciler(fake, tritonserver, request):
+    """Every reconciler test runs twice: reading from the API server, and from watch caches."""
     probe = SharedServerProbe(tritonserver, timeout_seconds=2.0)
-    yield Reconciler(fake, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock())
+    cluster = fake if request.param == "api-reads" else watch_cached(fake)
+    yield Reconciler(cluster, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock())
     await probe.close()
 
 
@@ -551,3 +554,83 @@ async def test_the_fake_refuses_a_stale_status_write_like_the_api_server(fake):
     current = fake.get_now(MODEL_DEPLOYMENT, NS, "simple")["metadata"]["resourceVersion"]
     written = await fake.patch_status(NS, "simple", {"observedGeneration": 2}, resource_version=current)
     assert written["status"] == {"observedGeneration": 2}
+
+
+# --- reads from watch caches ------------------------------------------------------------------
+
+@pytest.fixture()
+async def lagging(fake, tritonserver):
+    """A reconciler reading from a watch cache whose events wait until the test delivers them."""
+    probe = SharedServerProbe(tritonserver, timeout_seconds=2.0)
+    held: list = []
+    cluster = watch_cached(fake, lagging=held)
+
+    def deliver():
+        for event in held:
+            cluster.cache.observe(*event)
+        held.clear()
+
+    yield Reconciler(cluster, ReportCache(probe), triton_port=tritonserver.http_port, clock=Clock()), deliver
+    await probe.close()
+
+
+async def test_a_steady_state_reconcile_from_watch_caches_sends_no_request_at_all(fake, tritonserver):
+    probe = SharedServerProbe(tritonserver, timeout_seconds=2.0)
+    reconciler = Reconciler(watch_cached(fake), ReportCache(probe), triton_port=tritonserver.http_port,
+                            clock=Clock())
+    fake.create(md_object(replicas=2, disruptionBudget={"minAvailable": 1}))
+    await converge(fake, reconciler)
+    assert condition(fake, "Ready")["status"] == "True"
+    fake.reset_counters()
+    for _ in range(3):
+        await reconciler.reconcile(NS, "simple")
+    assert fake.calls == []  # no read, no write: the object, its children and its pods come from the cache
+    await probe.close()
+
+
+async def test_a_lagging_cache_sees_its_own_writes_and_does_not_repeat_them(fake, lagging):
+    reconciler, deliver = lagging
+    deliver()  # the ModelDeployment's ADDED
+    fake.create(md_object())
+    deliver()
+    first = await reconciler.reconcile(NS, "simple")
+    assert first.applied == ["Deployment", "Service"]
+    fake.reset_counters()
+    again = await reconciler.reconcile(NS, "simple")  # the watch has delivered none of that yet
+    assert again.applied == [] and fake.calls == []  # not even a look to check that they exist
+
+
+async def test_a_stale_object_in_the_cache_causes_no_wrong_write(fake, lagging):
+    reconciler, deliver = lagging
+    fake.create(md_object())
+    deliver()
+    settle_and_converge = await reconciler.reconcile(NS, "simple")
+    assert settle_and_converge.applied == ["Deployment", "Service"]
+    settle(fake, NS, "simple")
+    deliver()
+    await reconciler.reconcile(NS, "simple")
+    assert condition(fake, "Ready")["status"] == "True"
+    # The user scales to 3; the cache has not seen it: the reconcile acts on what it read, which
+    # changes no child, and its status write is refused as stale (409), so it is simply retried.
+    fake.update_spec(MODEL_DEPLOYMENT, NS, "simple", {"replicas": 3})
+    fake.reset_counters()
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert outcome.applied == [] and [w[0] for w in fake.writes] in ([], ["patch_status"])
+    assert fake.get_now(DEPLOYMENT, NS, "simple")["spec"]["replicas"] == 1
+    deliver()  # the edit's event arrives (and triggers the reconcile that acts on it)
+    outcome = await reconciler.reconcile(NS, "simple")
+    assert outcome.applied == ["Deployment"]
+    assert fake.get_now(DEPLOYMENT, NS, "simple")["spec"]["replicas"] == 3
+
+
+async def test_a_foreign_object_the_watch_cannot_see_is_still_a_conflict(fake, lagging):
+    reconciler, deliver = lagging
+    fake.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "simple", "namespace": NS},
+                 "spec": {"ports": [{"port": 80}]}})
+    fake.create(md_object())
+    deliver()  # the Service has no managed-by label: to our label-selected watch it does not exist
+    assert reconciler.cluster.cache.get(SERVICE, NS, "simple") is None
+    await reconciler.reconcile(NS, "simple")
+    assert condition(fake, "Degraded")["reason"] == "ChildConflict"
+    assert fake.get_now(SERVICE, NS, "simple")["spec"]["ports"] == [{"port": 80, "protocol": "TCP",
+                                                                    "targetPort": 80}]

@@ -34,7 +34,15 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, __version__, permissions
-from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind, NoClusterConfig
+from modeldeploy.kube import (
+    KIND_BY_NAME,
+    LEASE,
+    MODEL_DEPLOYMENT,
+    ApiError,
+    Kind,
+    NoClusterConfig,
+    kind_not_installed,
+)
 from modeldeploy.render.capabilities import ServerCapabilities, capabilities_from_openapi
 
 log = logging.getLogger(__name__)
@@ -82,15 +90,6 @@ def object_path(kind: Kind, namespace: str | None, name: str | None = None, subr
     if subresource:
         path += f"/{subresource}"
     return path
-
-
-def resource_name(kind: Kind) -> str:
-    return f"{kind.plural}.{kind.group}" if kind.group else kind.plural
-
-
-def kind_not_installed(kind: Kind) -> ApiError:
-    return ApiError(404, "NotFound", f"the server could not find the requested resource ({resource_name(kind)}): "
-                                     f"is its CRD installed?")
 
 
 def micro_time(moment: datetime) -> str:
@@ -268,7 +267,8 @@ class KubernetesCluster:
 
     # --- the protocol ----------------------------------------------------------------------
 
-    async def get(self, kind: Kind, namespace: str, name: str, *, accept: str = JSON) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, namespace: str, name: str, *, accept: str = JSON,
+                  fresh: bool = True) -> dict[str, Any] | None:
         permissions.require(kind.group, kind.plural, "get")
         try:
             return await self._call("GET", object_path(kind, namespace, name), accept=accept)
@@ -284,10 +284,16 @@ class KubernetesCluster:
         return await self.get(kind, namespace, name, accept=METADATA_ONLY) is not None
 
     async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        return (await self.list_all(kind, namespace, label_selector))[0]
+
+    async def list_all(self, kind: Kind, namespace: str | None,
+                       label_selector: str) -> tuple[list[dict[str, Any]], str]:
         permissions.require(kind.group, kind.plural, "list")
         query = [("labelSelector", label_selector)] if label_selector else []
+        path = object_path(kind, namespace) if namespace is not None or not kind.namespaced else \
+            object_path(Kind(kind.group, kind.version, kind.plural, kind.kind, namespaced=False), None)
         try:
-            answer = await self._call("GET", object_path(kind, namespace), query=query)
+            answer = await self._call("GET", path, query=query)
         except _Refused as refused:
             if refused.status == 404 and not refused.names_object:
                 raise kind_not_installed(kind) from None
@@ -296,7 +302,7 @@ class KubernetesCluster:
         for item in items:  # list items carry neither apiVersion nor kind
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)
-        return items
+        return items, ((answer or {}).get("metadata") or {}).get("resourceVersion") or ""
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         kind = _kind_of(obj)

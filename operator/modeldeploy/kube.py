@@ -63,6 +63,16 @@ class ApiError(Exception):
         return self.status == 422
 
 
+def resource_name(kind: Kind) -> str:
+    return f"{kind.plural}.{kind.group}" if kind.group else kind.plural
+
+
+def kind_not_installed(kind: Kind) -> ApiError:
+    """What the API server answers for a kind whose CRD is not installed."""
+    return ApiError(404, "NotFound", f"the server could not find the requested resource ({resource_name(kind)}): "
+                                     f"is its CRD installed?")
+
+
 class NoClusterConfig(Exception):
     """Neither in-cluster credentials nor a kube-config were found."""
 
@@ -70,15 +80,21 @@ class NoClusterConfig(Exception):
 class Cluster(Protocol):
     """What the reconciler may do to the cluster. Every write is deliberate and counted by the fake."""
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, namespace: str, name: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """The object, or None when it does not exist (404 of the object; a 404 for a kind
-        whose CRD is not installed raises ApiError)."""
+        whose CRD is not installed raises ApiError). A cluster that reads from watch caches asks the
+        API server itself when `fresh`."""
 
     async def exists(self, kind: Kind, namespace: str, name: str) -> bool:
         """Whether the object exists (for a Secret or PVC the spec names)."""
 
     async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """Objects of kind in namespace matching the selector ("k=v,k2=v2")."""
+
+    async def list_all(self, kind: Kind, namespace: str | None,
+                       label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        """A full listing of kind in namespace (None: every namespace) and the listing's resourceVersion,
+        to fill a watch cache from."""
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply (field manager "modeldeploy", force=True). Returns the object as stored

@@ -29,7 +29,20 @@ from typing import Any
 import kopf
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, VERSION, leader, metrics, naming
-from modeldeploy.kube import LEASE, ApiError, Cluster
+from modeldeploy.cache import CachedCluster, WatchCache
+from modeldeploy.kube import (
+    DEPLOYMENT,
+    HPA,
+    LEASE,
+    MODEL_DEPLOYMENT,
+    PDB,
+    POD,
+    SERVICE,
+    SERVICE_MONITOR,
+    ApiError,
+    Cluster,
+    Kind,
+)
 from modeldeploy.reconciler import Outcome, Reconciler
 from modeldeploy.render.capabilities import ServerCapabilities, limitations
 from modeldeploy.workqueue import WorkQueue
@@ -45,19 +58,19 @@ registry = kopf.OperatorRegistry()
 # A registry of our own has no login handler: kopf authenticates the way our boundary does,
 # through the kubernetes client (in-cluster service account, else KUBECONFIG).
 kopf.on.login(registry=registry, id="login-via-kubernetes-client")(kopf.login_via_client)
-CHILD_WATCHES = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("", "v1", "pods"),
-)
+# The children and pods kopf streams (filtered by our managed-by label): each event is routed to its
+# owner's key and kept in the watch cache. ServiceMonitors, an optional kind, are not watched: the
+# cache has them from the listing at startup and at each resync, and from our own writes.
+WATCHED_CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, POD)
+CHILD_WATCHES = tuple((kind.group, kind.version, kind.plural) for kind in WATCHED_CHILDREN)
+CACHED_KINDS: tuple[Kind, ...] = (MODEL_DEPLOYMENT, *WATCHED_CHILDREN, SERVICE_MONITOR)
 
 
 DEFAULT_LEASE_NAME = "modeldeploy-operator"
 # A Lease request that takes longer than this is given up (a leader's are bounded by its renew deadline).
 LEASE_REQUEST_SECONDS = 5.0
 RELEASE_SECONDS = 3.0  # how long a stopping leader tries to release the Lease
+LIST_SECONDS = 30.0  # a listing that fills the watch cache is given up after this long (reads then go live)
 
 
 def default_identity() -> str:
@@ -139,11 +152,17 @@ class Elector:
         """One try: read, decide, write. Returns the seconds until the next one."""
         self._check_deadline()
         looked = self.clock()
-        try:
-            lease = await asyncio.wait_for(self.cluster.get(LEASE, self.namespace, self.name), self._budget())
-        except (ApiError, asyncio.TimeoutError) as error:
-            self._trouble("reading", error)
-            return self._after_failure()
+        # A leader renews over what its last write stored, with no read first (a 409 then sends it back
+        # to reading): the Lease costs the leader one write and no read per retry period.
+        renewing_from_memory = self.leading and self.lease is not None
+        if renewing_from_memory:
+            lease = self.lease
+        else:
+            try:
+                lease = await asyncio.wait_for(self.cluster.get(LEASE, self.namespace, self.name), self._budget())
+            except (ApiError, asyncio.TimeoutError) as error:
+                self._trouble("reading", error)
+                return self._after_failure()
         now = self.clock()
         self.lease = lease
         self.memory = leader.observe(self.memory, leader.LeaseRecord.from_lease(lease), now, sent_at=looked)
@@ -167,6 +186,9 @@ class Elector:
                         "metadata": {k: v for k, v in lease["metadata"].items() if k != "managedFields"}}
                 stored = await asyncio.wait_for(self.cluster.replace_lease(body), self._budget())
         except ApiError as error:
+            self.lease = None  # the write may have happened all the same: read before the next one
+            if error.conflict and renewing_from_memory:  # written since our last write: look at it now
+                return 0.0
             if error.conflict:  # someone else wrote the Lease since we read it: they won
                 log.info("leader election: lost the race for the Lease %s/%s (%s)", self.namespace, self.name,
                          error.reason)
@@ -175,6 +197,7 @@ class Elector:
             self._trouble(f"{decision.action} of", error)
             return self._after_failure()
         except asyncio.TimeoutError as error:
+            self.lease = None
             self._trouble(f"{decision.action} of", error)
             return self._after_failure()
         self._complained = False
@@ -219,9 +242,13 @@ class Elector:
 class OperatorState:
     """What the handlers share: the queue and the set of known ModelDeployments."""
 
-    def __init__(self, reconciler: Reconciler, health_cache: Any, *, lease: LeaseConfig | None = None) -> None:
+    def __init__(self, reconciler: Reconciler, health_cache: Any, *, lease: LeaseConfig | None = None,
+                 watch_cache: WatchCache | None = None, namespaces: tuple[str, ...] = ()) -> None:
         self.reconciler = reconciler
         self.health_cache = health_cache
+        # The reconciler reads through it (a CachedCluster over the same cache); None: reads go to the API server.
+        self.watch_cache = watch_cache
+        self.namespaces = namespaces  # () for every namespace
         self.known: set[tuple[str, str]] = set()
         self.conditions: dict[tuple[str, str], dict[str, str]] = {}
         # Without leader election this replica leads from the start; with it, it stands by until it holds the Lease.
@@ -233,6 +260,38 @@ class OperatorState:
             self.elector = Elector(reconciler.cluster, lease.namespace, lease.name,
                                    lease.identity or default_identity(), on_lead=self._lead, on_stop=self._stand_by)
         metrics.set_leader(lease is None)
+
+    def observe(self, kind: Kind, event: dict[str, Any]) -> None:
+        """Keep a watch event in the cache (before the reconcile it causes reads it)."""
+        if self.watch_cache is not None and isinstance(event.get("object"), dict):
+            self.watch_cache.observe(kind, event.get("type"), event["object"])
+
+    async def fill_cache(self) -> None:
+        """List every cached kind, all at once. The cache serves a kind from its first listing on, and
+        each listing also drops what was deleted while a watch was broken. A kind that cannot be listed
+        is read from the API server until a listing succeeds (the next resync)."""
+        if self.watch_cache is None:
+            return
+        cluster = self.reconciler.cluster
+        scopes = [(kind, namespace) for kind in CACHED_KINDS for namespace in self.namespaces or (None,)]
+
+        async def listing(kind: Kind, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+            selector = "" if kind is MODEL_DEPLOYMENT else naming.MANAGED_SELECTOR
+            return await asyncio.wait_for(cluster.list_all(kind, namespace, selector), LIST_SECONDS)
+
+        answers = await asyncio.gather(*(listing(*scope) for scope in scopes), return_exceptions=True)
+        failed: list[str] = []
+        for (kind, namespace), answer in zip(scopes, answers):
+            if isinstance(answer, ApiError) and answer.not_found and kind is SERVICE_MONITOR:
+                self.watch_cache.kind_missing(kind)
+            elif isinstance(answer, BaseException):
+                failed.append(f"{kind.plural}{f' in {namespace}' if namespace else ''}: "
+                              f"{str(answer) or type(answer).__name__}")
+            else:
+                self.watch_cache.replace(kind, *answer, namespace)
+        if failed:
+            log.warning("could not list %s to fill the watch cache; these are read from the API server until a "
+                        "listing succeeds (the next resync)", "; ".join(failed))
 
     def _lead(self) -> None:
         metrics.set_leader(True)
@@ -328,12 +387,16 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         log.info("leader election: %s stands by for the Lease %s/%s", state.elector.identity,
                  state.elector.namespace, state.elector.name)
         state.election = asyncio.get_running_loop().create_task(state.elector.run(), name="modeldeploy-elector")
+    # Before any reconcile: keys are enqueued by our watch handlers, and kopf starts its watches only
+    # once the startup handlers are done. (A new leader enqueues the keys it knows: none before then.)
+    await state.fill_cache()
 
 
 async def _resync_forever(state: OperatorState) -> None:
     """A periodic safety net; changes normally arrive as watch events within a second."""
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
+        await state.fill_cache()
         for key in sorted(state.known):
             state.queue.enqueue(key)
 
@@ -357,6 +420,7 @@ async def shutdown(**_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="modeldeployment")
 async def on_model_deployment(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
     state = _state()
+    state.observe(MODEL_DEPLOYMENT, event)
     key = (namespace, name)
     if event.get("type") == "DELETED":
         state.forget(key)
@@ -371,9 +435,16 @@ def _route_child(labels: dict[str, str], namespace: str, **_: Any) -> None:
         _state().queue.enqueue((namespace, owner))
 
 
-for _group, _version, _plural in CHILD_WATCHES:
-    kopf.on.event(_group, _version, _plural, registry=registry, id=f"child-{_plural}",
-                  labels={naming.MANAGED_BY: FIELD_MANAGER})(_route_child)
+def _child_events(kind: Kind) -> Callable[..., None]:
+    def on_child(event: dict[str, Any], labels: dict[str, str], namespace: str, **_: Any) -> None:
+        _state().observe(kind, event)
+        _route_child(labels, namespace)
+    return on_child
+
+
+for _kind in WATCHED_CHILDREN:
+    kopf.on.event(_kind.group, _kind.version, _kind.plural, registry=registry, id=f"child-{_kind.plural}",
+                  labels={naming.MANAGED_BY: FIELD_MANAGER})(_child_events(_kind))
 
 
 async def discover_capabilities(cluster: Any) -> ServerCapabilities:
@@ -405,6 +476,10 @@ async def discover_capabilities(cluster: Any) -> ServerCapabilities:
     return capabilities
 
 
+def _plain_name(namespace: str) -> bool:
+    return not any(c in namespace for c in "*?[]!")
+
+
 def run(*, namespaces: list[str], health_port: int, verbose: bool, lease: LeaseConfig | None = None) -> int:
     """Blocking: runs until SIGTERM/SIGINT, then shuts down cleanly. With `lease`, reconciles only
     while this replica holds that Lease."""
@@ -419,7 +494,12 @@ def run(*, namespaces: list[str], health_port: int, verbose: bool, lease: LeaseC
     cache = ReportCache(TritonProbe())
     if lease is None:
         log.info("leader election is off: this process reconciles from the start (run one at a time)")
-    STATE = OperatorState(Reconciler(cluster, cache, capabilities=capabilities), cache, lease=lease)
+    watch_cache = WatchCache() if all(_plain_name(n) for n in namespaces) else None
+    if watch_cache is None:  # kopf takes these as patterns; the cache lists namespaces by name
+        log.info("namespace patterns given: reconciles read from the API server, not from watch caches")
+    reads = CachedCluster(cluster, watch_cache) if watch_cache is not None else cluster
+    STATE = OperatorState(Reconciler(reads, cache, capabilities=capabilities), cache, lease=lease,
+                          watch_cache=watch_cache, namespaces=tuple(namespaces))
     server = metrics.start_metrics_server(health_port, health=STATE.healthy, role=lambda: _state().role) \
         if health_port else None
     try:

@@ -49,8 +49,9 @@ NAMESPACED: tuple[Permission, ...] = (
        "server-side apply of the HPA (create: the apply that first makes it); delete it when autoscaling is removed"),
     _p("policy", "poddisruptionbudgets", "get list watch patch create delete",
        "server-side apply of the PDB (create: the apply that first makes it); delete it when the budget is removed"),
-    _p("monitoring.coreos.com", "servicemonitors", "get patch create delete",
-       "optional ServiceMonitor for Triton's metrics (read, applied and deleted by name; not watched)"),
+    _p("monitoring.coreos.com", "servicemonitors", "get list patch create delete",
+       "optional ServiceMonitor for Triton's metrics (applied and deleted by name; listed into the watch cache "
+       "at startup and at each resync, not watched)"),
     _p("", "pods", "list watch", "surface Unschedulable/CrashLoopBackOff reasons and probe Triton at pod IPs"),
     _p("", "secrets", "get", "check that spec.model.credentialsSecret exists before rolling it out"),
     _p("", "persistentvolumeclaims", "get", "check that a pvc:// repository's claim exists"),

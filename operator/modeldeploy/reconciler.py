@@ -119,13 +119,6 @@ class Reconciler:
 
         uid = obj["metadata"]["uid"]
         observed, monitor_kind_installed = await self._observe_children(namespace, name)
-        side_problems: list[Problem] = []
-        if not monitor_kind_installed and md.spec.monitoring.service_monitor:
-            side_problems.append(Problem(
-                "ServiceMonitorUnavailable",
-                "monitoring.serviceMonitor is set but the ServiceMonitor kind (Prometheus Operator) is not installed",
-                False))
-
         # The rollout is decided from what the pods and Triton said before this reconcile acts, so a
         # failed template is rolled back by the same reconcile that sees it fail.
         pods = [p for p in await self.cluster.list(POD, namespace, naming.selector_string(name))
@@ -135,11 +128,19 @@ class Reconciler:
         decision = rollout.decide(md, previous, observed.get("Deployment"), pods, reports, self.clock())
         desired = render_children(decision.render, replicas=replicas_intent(md, observed.get("Deployment")),
                                   owner_uid=uid, capabilities=self.capabilities)
+        if getattr(self.cluster, "reads_from_cache", False):
+            monitor_kind_installed &= await self._confirm_absent(namespace, name, desired, observed)
+        side_problems: list[Problem] = []
         if not monitor_kind_installed:
             desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
-
-        problem = await self._preflight(md)
+            if md.spec.monitoring.service_monitor:
+                side_problems.append(Problem(
+                    "ServiceMonitorUnavailable",
+                    "monitoring.serviceMonitor is set but the ServiceMonitor kind (Prometheus Operator) is not "
+                    "installed", False))
         todo = plan(desired, observed, uid)
+        # Checked only before a write: refused then, nothing is half-applied (and a steady state reads nothing).
+        problem = await self._preflight(md) if todo.apply or todo.delete else None
         if todo.conflicts:
             problem = Problem("ChildConflict", f"{', '.join(todo.conflicts)} already exists and is not owned by this "
                                                f"ModelDeployment; rename or delete it (modeldeploy never overwrites it)")
@@ -189,6 +190,23 @@ class Reconciler:
         if not monitor_kind_installed:
             found["ServiceMonitor"] = None
         return found, monitor_kind_installed
+
+    async def _confirm_absent(self, namespace: str, name: str, desired: dict[str, Any],
+                              observed: dict[str, Any]) -> bool:
+        """Ask the API server about each child to create that the watch cache does not have: someone
+        else's object of that name lacks our label, so our watches never see it, and creating over it
+        must stay a ChildConflict. (Creates are rare; a steady state has nothing to create.)
+        Returns False when this finds the ServiceMonitor kind uninstalled since the cache last listed it."""
+        for kind_name, want in desired.items():
+            if want is not None and observed.get(kind_name) is None:
+                kind = KIND_BY_NAME[kind_name]
+                try:
+                    observed[kind_name] = await self.cluster.get(kind, namespace, name, fresh=True)
+                except ApiError as error:
+                    if error.not_found and kind is SERVICE_MONITOR:
+                        return False
+                    raise
+        return True
 
     async def _preflight(self, md: Any) -> Problem | None:
         """Refuse, before any write, what would only fail later inside the pods."""
@@ -257,8 +275,10 @@ class Reconciler:
                 outcome.conditions = {c["type"]: c["status"] for c in previous.get("conditions", [])}
                 return outcome
             outcome.status_written = True
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
-        if ready:
+        # Nothing to poll for once Ready, or scaled to zero (no pod to ask Triton about): watch events suffice.
+        settled = any(c["type"] == "Ready" and (c["status"] == "True" or c.get("reason") == "ScaledToZero")
+                      for c in status.get("conditions", []))
+        if settled:
             self._poll.pop(key, None)
         else:
             interval = POLL_FIRST_SECONDS if outcome.status_written or key not in self._poll else min(

@@ -515,6 +515,8 @@ class FakeCluster:
         self.reporting_instance = reporting_instance
         self._objects: dict[tuple[str, str, str, str], _Stored] = {}  # (group, kind, namespace, name)
         self._versions = itertools.count(1000)
+        self.version = "999"  # the last resourceVersion issued: a listing's
+        self._watchers: list[Callable[[Kind, str, dict[str, Any]], None]] = []
         self._uninstalled: set[tuple[str, str]] = set()
         self._failures: list[_Failure] = []
         self._allocator = _Allocator()
@@ -619,7 +621,7 @@ class FakeCluster:
 
     # --- the protocol ---------------------------------------------------------------------
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, namespace: str, name: str, *, fresh: bool = True) -> dict[str, Any] | None:
         permissions.require(kind.group, kind.plural, "get")
         await self._enter("get", kind, namespace, name)
         self._maybe_fail("get", kind)
@@ -639,6 +641,14 @@ class FakeCluster:
         self._maybe_fail("list", kind)
         self._check_installed(kind)
         return self.list_now(kind, namespace, label_selector)
+
+    async def list_all(self, kind: Kind, namespace: str | None,
+                       label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        permissions.require(kind.group, kind.plural, "list")
+        await self._enter("list", kind, namespace or "", label_selector)
+        self._maybe_fail("list", kind)
+        self._check_installed(kind)
+        return self.list_now(kind, namespace, label_selector), self.version
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         kind = self.kind_of(obj)
@@ -972,10 +982,24 @@ class FakeCluster:
             comparable["metadata"]["resourceVersion"] = live["metadata"].get("resourceVersion")
             if comparable == live:
                 return  # nothing changed: no write, resourceVersion stays
-        new["metadata"]["resourceVersion"] = str(next(self._versions))
+        new["metadata"]["resourceVersion"] = self._next_version()
         stored.obj, stored.entries = new, entries
+        self._notify(stored.kind, "ADDED" if created else "MODIFIED", new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             self._remove(key)
+
+    def _next_version(self) -> str:
+        self.version = str(next(self._versions))
+        return self.version
+
+    def watch(self, callback: Callable[[Kind, str, dict[str, Any]], None]) -> None:
+        """Call callback(kind, event type, object) for every change from now on, in order, as a watch
+        stream would deliver it (ADDED, MODIFIED, DELETED with the deletion's resourceVersion)."""
+        self._watchers.append(callback)
+
+    def _notify(self, kind: Kind, event_type: str, obj: dict[str, Any]) -> None:
+        for callback in self._watchers:
+            callback(kind, event_type, copy.deepcopy(obj))
 
     def _delete(self, key: tuple[str, str, str, str]) -> None:
         stored = self._objects[key]
@@ -986,8 +1010,9 @@ class FakeCluster:
                 new["metadata"]["deletionTimestamp"] = _time(self.clock())
                 new["metadata"]["deletionGracePeriodSeconds"] = 0
                 new["metadata"]["generation"] = meta.get("generation", 1) + 1
-                new["metadata"]["resourceVersion"] = str(next(self._versions))
+                new["metadata"]["resourceVersion"] = self._next_version()
                 stored.obj = new
+                self._notify(stored.kind, "MODIFIED", new)
             return
         self._remove(key)
 
@@ -995,7 +1020,9 @@ class FakeCluster:
         """Remove an object, then let the garbage collector act on its dependents."""
         stored = self._objects.pop(key)
         uid = stored.obj["metadata"]["uid"]
-        next(self._versions)
+        gone = copy.deepcopy(stored.obj)
+        gone["metadata"]["resourceVersion"] = self._next_version()
+        self._notify(stored.kind, "DELETED", gone)
         uids = {s.obj["metadata"]["uid"] for s in self._objects.values()}
         for dep_key, dep in list(self._objects.items()):
             refs = dep.obj["metadata"].get("ownerReferences") or []
