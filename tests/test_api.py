@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import celpy
 import pytest
+import yaml
 
-from modeldeploy.api import ROOT_RULES, ModelDeployment, ModelSource, ResourcesSpec, parse_quantity
+from modeldeploy import api
+from modeldeploy.analysis import InconclusivePolicy, Thresholds
+from modeldeploy.api import (
+    ROOT_RULES,
+    STRATEGIES_NOT_SERVED_YET,
+    AnalysisSpec,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ModelSource,
+    ResourcesSpec,
+    parse_quantity,
+)
 from modeldeploy.crd import crd
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from tests.support.specs import load_examples, minimal, with_path
@@ -24,10 +38,38 @@ BROKEN_RULES = [
     ("spec.autoscaling", {"maxReplicas": 2}, "autoscaling needs a target"),
     ("spec.autoscaling", {"maxReplicas": 2, "targetCPUUtilization": 70},
      "autoscaling.targetCPUUtilization needs resources.requests.cpu"),
-    ("spec.rollout", {"canary": {"steps": [{"weight": 50}, {"weight": 10}]}},
-     "rollout.canary.steps weights must be strictly rising"),
-    ("spec.rollout", {"canary": {"steps": [{"weight": 10}, {"weight": 10}]}},
-     "rollout.canary.steps weights must be strictly rising"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 50}, {"setWeight": 10}]}},
+     "rollout.canary.steps setWeight values must be strictly rising"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [
+        {"setWeight": 10}, {"pause": {}}, {"analysis": {}}, {"setWeight": 10}]}},
+     "rollout.canary.steps setWeight values must be strictly rising"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10, "pause": {}}]}},
+     "each step needs exactly one of setWeight, pause and analysis"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}, {}]}},
+     "each step needs exactly one of setWeight, pause and analysis"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"pause": {}}, {"setWeight": 10}]}},
+     "rollout.canary.steps must start with a setWeight step"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}], "trafficRouting": {}}},
+     "rollout.canary.trafficRouting needs gatewayAPI"),
+    ("spec.rollout", {"strategy": "Canary"}, "rollout.canary (its steps) is required when rollout.strategy is Canary"),
+    ("spec.rollout", {"canary": {"steps": [{"setWeight": 10}]}},
+     "rollout.canary applies only when rollout.strategy is Canary"),
+    ("spec.rollout", {"strategy": "BlueGreen", "canary": {"steps": [{"setWeight": 10}]}},
+     "rollout.canary applies only when rollout.strategy is Canary"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}]}, "blueGreen": {}},
+     "rollout.blueGreen applies only when rollout.strategy is BlueGreen"),
+    ("spec.rollout", {"analysis": {}}, "rollout.analysis, rollout.promote and rollout.abort apply only to"),
+    ("spec.rollout", {"abort": {"target": "4"}}, "rollout.analysis, rollout.promote and rollout.abort apply only to"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}, {"pause": {}}]},
+                      "promote": {"target": "4", "throughStep": 2}},
+     "rollout.promote.throughStep must be the index of one of rollout.canary.steps"),
+    ("spec.rollout", {"strategy": "BlueGreen", "promote": {"target": "4", "throughStep": 0}},
+     "rollout.promote.throughStep must be the index of one of rollout.canary.steps"),
+    ("spec.rollout", {"strategy": "BlueGreen", "promote": {"target": "4"}, "abort": {"target": "4"}},
+     "rollout.promote and rollout.abort must not name the same rollout"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}]}},
+     "rollout.strategy: Canary and BlueGreen are not served yet"),
+    ("spec.rollout", {"strategy": "BlueGreen"}, "rollout.strategy: Canary and BlueGreen are not served yet"),
     ("spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"}, "must not both be 0"),
     ("spec.model", {"repository": "ftp://models/x", "version": "1"}, "model.repository must be s3://"),
     ("spec.model", {"repository": "pvc://Bad_Claim/x", "version": "1"}, "model.repository must be s3://"),
@@ -149,7 +191,18 @@ def test_examples_are_valid(doc):
     ("spec.resources", {"gpus": 1}, "spec.resources.gpus: is not a field of ModelDeployment"),
     ("spec.resources", {"requests": {"memory": "lots"}}, "'lots' is not a Kubernetes quantity"),
     ("spec.resources", {"mig": "2g"}, "spec.resources.mig: String should match pattern"),
-    ("spec.rollout", {"strategy": "Canary"}, "spec.rollout.strategy: must be 'RollingUpdate'"),
+    ("spec.rollout", {"strategy": "Rolling"},
+     "spec.rollout.strategy: must be 'RollingUpdate', 'Canary' or 'BlueGreen' (got 'Rolling')"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 0}]}},
+     "spec.rollout.canary.steps[0].setWeight: Input should be greater than or equal to 1"),
+    ("spec.rollout", {"strategy": "BlueGreen", "promote": {"target": "v4"}},
+     "spec.rollout.promote.target: String should match pattern"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}], "trafficRouting": {
+        "gatewayAPI": {"httpRoute": "Route_1"}}}},
+     "spec.rollout.canary.trafficRouting.gatewayAPI.httpRoute: String should match pattern"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}]},
+                      "analysis": {"inconclusive": "maybe"}},
+     "spec.rollout.analysis.inconclusive: Input should be 'wait', 'pass' or 'fail'"),
     ("spec.placement", {"tolerations": [{"operator": "Sometimes"}]},
      "spec.placement.tolerations[0].operator: must be 'Exists' or 'Equal'"),
 ])
@@ -186,3 +239,62 @@ def test_root_rule_holds_only_for_dns_labels():
     assert rule.holds(ModelDeployment.model_construct(metadata=type("M", (), {"name": "resnet50"})()))
     assert evaluate_cel(rule.cel, {"metadata": {"name": "resnet50"}})
     assert not evaluate_cel(rule.cel, {"metadata": {"name": "Resnet50"}})
+
+
+# --- Canary and BlueGreen: validated now, refused until the operator runs them --------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "progressive-delivery.md"
+
+
+def _documented_examples() -> list[dict]:
+    """The ModelDeployments of docs/progressive-delivery.md, so the design note cannot drift from the API."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    docs = [yaml.safe_load(block) for block in blocks]
+    return [doc for doc in docs if isinstance(doc, dict) and doc.get("kind") == "ModelDeployment"]
+
+
+def test_the_design_note_has_canary_routed_and_blue_green_examples():
+    strategies = [(d["spec"]["rollout"]["strategy"], "trafficRouting" in d["spec"]["rollout"].get("canary", {}))
+                  for d in _documented_examples()]
+    assert strategies == [("Canary", False), ("Canary", True), ("BlueGreen", False)]
+
+
+@pytest.mark.parametrize("doc", _documented_examples(), ids=lambda d: d["spec"]["rollout"]["strategy"])
+def test_canary_and_blue_green_are_not_served_yet(doc):
+    """Refused, by the API server and by Python, with the one rule the wiring session removes."""
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(doc)
+    assert caught.value.problems == [f"spec: {STRATEGIES_NOT_SERVED_YET.message}"]
+    assert failing_cel_messages(_root_schema(), doc) == [STRATEGIES_NOT_SERVED_YET.message]
+
+
+@pytest.mark.parametrize("doc", _documented_examples(), ids=lambda d: d["spec"]["rollout"]["strategy"])
+def test_without_that_one_rule_the_documented_examples_are_valid(doc, monkeypatch):
+    monkeypatch.setattr(ModelDeploymentSpec, "rules",
+                        tuple(r for r in ModelDeploymentSpec.rules if r is not STRATEGIES_NOT_SERVED_YET))
+    md = parse_model_deployment(doc)
+    assert md.spec.rollout.strategy == doc["spec"]["rollout"]["strategy"]
+    schema = _root_schema()
+    schema = {**schema, "properties": {**schema["properties"], "spec": {
+        **schema["properties"]["spec"], "x-kubernetes-validations": [
+            v for v in schema["properties"]["spec"]["x-kubernetes-validations"]
+            if v["message"] != STRATEGIES_NOT_SERVED_YET.message]}}}
+    assert failing_cel_messages(schema, doc) == []
+
+
+def test_the_analysis_defaults_are_the_analysis_modules_own():
+    """rollout.analysis maps field for field onto analysis.Thresholds, with its defaults."""
+    assert AnalysisSpec().thresholds() == Thresholds()
+    threshold_fields = {f.name for f in dataclasses.fields(Thresholds)}
+    assert threshold_fields == set(AnalysisSpec.model_fields) - {"interval_seconds", "inconclusive_timeout_seconds"}
+    custom = AnalysisSpec(max_error_ratio=0.05, min_requests=100, max_pending=3, inconclusive="pass")
+    assert custom.thresholds() == Thresholds(max_error_ratio=0.05, min_requests=100, max_pending=3,
+                                             inconclusive=InconclusivePolicy.PASS)
+    schema = _root_schema()["properties"]["spec"]["properties"]["rollout"]["properties"]["analysis"]["properties"]
+    assert schema["maxErrorRatio"]["default"] == Thresholds().max_error_ratio
+    assert schema["inconclusive"]["enum"] == ["wait", "pass", "fail"] and schema["inconclusive"]["default"] == "wait"
+
+
+def test_an_empty_analysis_block_is_the_defaults():
+    rollout = api.RolloutSpec.model_validate({"strategy": "Canary", "canary": {"steps": [{"setWeight": 5}]}})
+    assert rollout.analysis is None and rollout.analysis_or_default == AnalysisSpec()

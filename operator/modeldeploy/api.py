@@ -21,6 +21,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from modeldeploy import API_VERSION, KIND
+from modeldeploy.analysis import InconclusivePolicy, Thresholds
 
 # --- shared constrained types --------------------------------------------------------------
 
@@ -285,55 +286,231 @@ class AutoscalingSpec(ApiModel):
     )
 
 
+# Rollouts are named by their model version, or by their pod template's fingerprint (16 hex digits,
+# status.rollout.targetTemplate) for a change that keeps the version (an image change).
+ROLLOUT_TARGET_PATTERN = r"^([1-9][0-9]{0,18}|[0-9a-f]{16})$"
+
+_THRESHOLDS = Thresholds()  # analysis.py's documented defaults: the API's defaults are the same numbers
+
+
+class PauseStep(ApiModel):
+    """Hold the current weight: for a while, or until rollout.promote releases it."""
+
+    duration_seconds: int | None = Field(
+        None, ge=0, le=604800,
+        description="How long to hold the current weight. Absent: until rollout.promote names this rollout.")
+
+
+class AnalysisStep(ApiModel):
+    """Compare the canary's pods with the stable pods over one interval (thresholds: rollout.analysis)."""
+
+    interval_seconds: int | None = Field(
+        None, ge=10, le=86400,
+        description="How long to measure before the verdict; absent: rollout.analysis.intervalSeconds.")
+
+
 class CanaryStep(ApiModel):
-    weight: int = Field(..., ge=1, le=100, description="Percent of traffic on the new version at this step.")
-    pause_seconds: int = Field(60, ge=0, le=86400, description="How long to hold this step before the next.")
+    """One step: exactly one of setWeight, pause and analysis."""
+
+    set_weight: int | None = Field(
+        None, ge=1, le=100,
+        description=("Percent of traffic for the new version from this step on. Without trafficRouting it is "
+                     "reached by replica ratio (total pods constant, within one pod of the weight)."))
+    pause: PauseStep | None = Field(None, description="Hold the current weight.")
+    analysis: AnalysisStep | None = Field(
+        None, description="Analyse the canary against the stable version; a failed analysis aborts the canary.")
+
+    rules = (
+        Rule(cel="(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1",
+             message="rollout.canary.steps: each step needs exactly one of setWeight, pause and analysis",
+             holds=lambda s: [s.set_weight is not None, s.pause is not None, s.analysis is not None].count(True) == 1),
+    )
 
 
-MAX_CANARY_STEPS = 10
+MAX_CANARY_STEPS = 20
+
+_WEIGHTS_CEL = "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight)"
 
 
 def _strictly_rising_cel() -> str:
     # Standard CEL has no index iteration; maxItems bounds the list, so the pairs are spelled out.
-    pairs = [f"(size(self.steps) <= {i + 1} || self.steps[{i}].weight < self.steps[{i + 1}].weight)"
+    pairs = [f"(size({_WEIGHTS_CEL}) <= {i + 1} || {_WEIGHTS_CEL}[{i}] < {_WEIGHTS_CEL}[{i + 1}])"
              for i in range(MAX_CANARY_STEPS - 1)]
     return " && ".join(pairs)
 
 
-class CanarySpec(ApiModel):
-    steps: list[CanaryStep] = Field(
-        ..., min_length=1, max_length=MAX_CANARY_STEPS,
-        description="Traffic steps; weights strictly rising within 1..100.")
-    max_error_ratio: float = Field(
-        0.01, ge=0, le=1,
-        description="Failed/total inference ratio on canary pods above which the canary is aborted.")
+class GatewayAPIRouting(ApiModel):
+    """A Gateway API HTTPRoute whose backendRefs the operator weights between the stable and the canary Service."""
+
+    http_route: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+                            description="Name of the HTTPRoute.")
+    namespace: str | None = Field(
+        None, max_length=63, pattern=DNS_LABEL_PATTERN,
+        description=("Namespace of the HTTPRoute; default the ModelDeployment's. Elsewhere, a ReferenceGrant "
+                     "must let it refer to this namespace's Services."))
+
+
+class TrafficRouting(ApiModel):
+    """How traffic is split. Absent: by replica ratio, behind the one Service."""
+
+    gateway_api: GatewayAPIRouting | None = Field(
+        None, alias="gatewayAPI",
+        description=("Split by HTTPRoute weights: the stable version stays at full size throughout, the canary is "
+                     "sized to its weight and gets traffic only once its pods are Ready."))
 
     rules = (
-        Rule(cel=_strictly_rising_cel(),
-             message="rollout.canary.steps weights must be strictly rising",
-             holds=lambda c: all(a.weight < b.weight for a, b in zip(c.steps, c.steps[1:]))),
+        Rule(cel="has(self.gatewayAPI)",
+             message="rollout.canary.trafficRouting needs gatewayAPI (leave trafficRouting out to split by replicas)",
+             holds=lambda t: t.gateway_api is not None),
     )
+
+
+class CanarySpec(ApiModel):
+    """A canary: the new version runs beside the stable one and takes traffic step by step."""
+
+    steps: list[CanaryStep] = Field(
+        ..., min_length=1, max_length=MAX_CANARY_STEPS,
+        description=("The steps, in order: setWeight (weights strictly rising, the first step one), pause, "
+                     "analysis. Once every step is done the new version is promoted."))
+    traffic_routing: TrafficRouting | None = Field(
+        None, description="Absent: the weight is reached by replica ratio behind the one Service.")
+
+    rules = (
+        Rule(cel="size(self.steps) > 0 && has(self.steps[0].setWeight)",
+             message="rollout.canary.steps must start with a setWeight step (there is no canary to pause on or "
+                     "analyse before it)",
+             holds=lambda c: bool(c.steps) and c.steps[0].set_weight is not None),
+        Rule(cel=_strictly_rising_cel(),
+             message="rollout.canary.steps setWeight values must be strictly rising",
+             holds=lambda c: all(a < b for a, b in zip(c.weights, c.weights[1:]))),
+    )
+
+    @property
+    def weights(self) -> list[int]:
+        return [s.set_weight for s in self.steps if s.set_weight is not None]
+
+    @property
+    def gateway_api(self) -> GatewayAPIRouting | None:
+        return self.traffic_routing.gateway_api if self.traffic_routing is not None else None
+
+
+class BlueGreenSpec(ApiModel):
+    """Blue-green: the new version comes up in full behind a preview Service; promotion switches the active
+    Service's selector to it."""
+
+    auto_promote: bool = Field(
+        True, description=("Switch as soon as the preview is Ready on every pod (and its analysis passed). False: "
+                           "wait for rollout.promote."))
+    analysis: AnalysisStep | None = Field(
+        None, description=("Analyse the preview's pods against the active ones before switching. The preview "
+                           "Service gets no production traffic: send it some (a smoke or load test), or the "
+                           "analysis stays inconclusive."))
+    scale_down_delay_seconds: int = Field(
+        30, ge=0, le=86400,
+        description=("How long the old version keeps its pods after the switch, so connections drain and an "
+                     "abort can switch back at once."))
+
+
+class AnalysisSpec(ApiModel):
+    """When a canary (or a preview) passes: its pods' Triton metrics against the stable pods' over an interval.
+    The defaults are the analysis's own (docs/triton-flags.md, "Metrics the analysis reads")."""
+
+    interval_seconds: int = Field(60, ge=10, le=86400, description="How long each analysis measures.")
+    inconclusive_timeout_seconds: int = Field(
+        600, ge=10, le=86400,
+        description=("With inconclusive: wait, how long an analysis step may stay inconclusive (too little traffic) "
+                     "before the canary is aborted."))
+    max_error_ratio: float = Field(
+        _THRESHOLDS.max_error_ratio, ge=0, le=1,
+        description="Canary failures / requests above which it fails, whatever the stable version does.")
+    error_ratio_factor: float = Field(
+        _THRESHOLDS.error_ratio_factor, ge=0, le=1000,
+        description="The canary fails above the stable error ratio × this + errorRatioMargin.")
+    error_ratio_margin: float = Field(
+        _THRESHOLDS.error_ratio_margin, ge=0, le=1,
+        description="Added to the stable error ratio × errorRatioFactor (a fraction: 0.005 is 0.5 points).")
+    latency_factor: float = Field(
+        _THRESHOLDS.latency_factor, ge=0, le=1000,
+        description="The canary fails above the stable mean latency × this + latencyMarginMs.")
+    latency_margin_ms: float = Field(_THRESHOLDS.latency_margin_ms, ge=0, le=3600000,
+                                     description="Added to the stable mean latency × latencyFactor.")
+    queue_factor: float = Field(
+        _THRESHOLDS.queue_factor, ge=0, le=1000,
+        description="The canary fails above the stable mean queue time × this + queueMarginMs.")
+    queue_margin_ms: float = Field(_THRESHOLDS.queue_margin_ms, ge=0, le=3600000,
+                                   description="Added to the stable mean queue time × queueFactor.")
+    max_pending: float | None = Field(
+        _THRESHOLDS.max_pending, ge=0,
+        description="Most pending requests on a canary pod; absent: not judged.")
+    min_requests: int = Field(
+        _THRESHOLDS.min_requests, ge=1, le=1000000,
+        description="Fewer canary requests in the interval is inconclusive.")
+    min_stable_requests: int = Field(
+        _THRESHOLDS.min_stable_requests, ge=0, le=1000000,
+        description="Fewer stable requests is inconclusive (no baseline for the relative rules).")
+    inconclusive: InconclusivePolicy = Field(
+        _THRESHOLDS.inconclusive,
+        description=("What an inconclusive analysis becomes: wait (measure again, up to "
+                     "inconclusiveTimeoutSeconds), pass or fail."))
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            max_error_ratio=self.max_error_ratio, error_ratio_factor=self.error_ratio_factor,
+            error_ratio_margin=self.error_ratio_margin, latency_factor=self.latency_factor,
+            latency_margin_ms=self.latency_margin_ms, queue_factor=self.queue_factor,
+            queue_margin_ms=self.queue_margin_ms, max_pending=self.max_pending, min_requests=self.min_requests,
+            min_stable_requests=self.min_stable_requests, inconclusive=self.inconclusive)
+
+
+class PromoteSpec(ApiModel):
+    """Promote a Canary or BlueGreen rollout through the spec (GitOps): it acts only on the rollout it names, so
+    one left in the spec never promotes the next rollout."""
+
+    target: str = Field(
+        ..., pattern=ROLLOUT_TARGET_PATTERN,
+        description=("The rollout this is for: the model version it rolls out, or, for a change that keeps the "
+                     "version (an image change), its pod template fingerprint (status.rollout.targetTemplate)."))
+    through_step: int | None = Field(
+        None, ge=0, le=MAX_CANARY_STEPS - 1,
+        description=("Canary only: release the pauses up to and including this step index, and run the steps as "
+                     "usual. Absent: promote at once, skipping every remaining step."))
+
+
+class AbortSpec(ApiModel):
+    """Abort a Canary or BlueGreen rollout through the spec: the stable version serves everything while this
+    names the rollout; removing it starts the rollout again from its first step."""
+
+    target: str = Field(
+        ..., pattern=ROLLOUT_TARGET_PATTERN,
+        description=("The rollout to abort: its model version or its pod template fingerprint "
+                     "(status.rollout.targetTemplate)."))
 
 
 class RolloutSpec(ApiModel):
     """How a change of model version or image reaches the pods."""
 
-    strategy: Literal["RollingUpdate"] = Field(
+    strategy: Literal["RollingUpdate", "Canary", "BlueGreen"] = Field(
         "RollingUpdate",
-        description=("RollingUpdate replaces pods one at a time, never dropping below the desired count. "
-                     "(Canary and BlueGreen are reserved for a later release and refused until then.)"))
+        description=("RollingUpdate replaces pods a few at a time, never dropping below the desired count. Canary "
+                     "runs the new version beside the stable one and moves traffic in steps (rollout.canary). "
+                     "BlueGreen brings the new version up in full behind a preview Service and switches to it "
+                     "(rollout.blueGreen). Canary and BlueGreen are not served yet and are refused."))
     max_surge: IntOrPercent = Field(
-        1, description="Extra pods during a rolling update (needs spare GPUs).",
+        1, description=("Extra pods during a rolling update (needs spare GPUs); for Canary, also how far above the "
+                        "desired count a step may go while it moves pods."),
         json_schema_extra={"x-kubernetes-int-or-string": True})
     max_unavailable: IntOrPercent = Field(
-        0, description="Pods that may be unavailable during a rolling update.",
+        0, description=("Pods that may be unavailable during a rolling update; for Canary, also while a step moves "
+                        "pods."),
         json_schema_extra={"x-kubernetes-int-or-string": True})
     progress_deadline_seconds: int = Field(
         600, ge=30, le=86400,
-        description="A rollout that makes no progress for this long has failed (ProgressDeadlineExceeded).")
+        description=("A rollout that makes no progress for this long has failed (ProgressDeadlineExceeded); a "
+                     "canary step or a preview that is not Ready this long after it began is aborted."))
     auto_rollback: bool = Field(
         True, description=("Roll back to the last pod template that served (its version, image, args and "
-                           "resources) when a rollout fails."))
+                           "resources) when a rollout fails; for Canary and BlueGreen, abort (the stable version "
+                           "serves everything). False: a failed rollout stays where it stopped (Failed)."))
     fail_after_restarts: int = Field(
         3, ge=1, le=1000,
         description="A new pod template fails once a container of one of its pods has restarted this many times.")
@@ -341,13 +518,43 @@ class RolloutSpec(ApiModel):
         120, ge=0, le=86400,
         description=("A new pod template fails once one of its pods has stayed in CrashLoopBackOff, "
                      "ImagePullBackOff, CreateContainerConfigError or CreateContainerError this long."))
-    canary: CanarySpec | None = Field(None, description="Canary steps (reserved; validated now).")
+    canary: CanarySpec | None = Field(None, description="The canary's steps; required with strategy Canary.")
+    blue_green: BlueGreenSpec | None = Field(None, description="Blue-green settings; only with strategy BlueGreen.")
+    analysis: AnalysisSpec | None = Field(
+        None, description="Thresholds of the canary's and the preview's analysis; absent: the defaults.")
+    promote: PromoteSpec | None = Field(None, description="Manual promotion of a Canary or BlueGreen rollout.")
+    abort: AbortSpec | None = Field(None, description="Manual abort of a Canary or BlueGreen rollout.")
 
     rules = (
         Rule(cel="!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
              message="rollout.maxSurge and rollout.maxUnavailable must not both be 0",
              holds=lambda r: not (str(r.max_surge) in ("0", "0%") and str(r.max_unavailable) in ("0", "0%"))),
+        Rule(cel="self.strategy != 'Canary' || has(self.canary)",
+             message="rollout.canary (its steps) is required when rollout.strategy is Canary",
+             holds=lambda r: r.strategy != "Canary" or r.canary is not None),
+        Rule(cel="!has(self.canary) || self.strategy == 'Canary'",
+             message="rollout.canary applies only when rollout.strategy is Canary",
+             holds=lambda r: r.canary is None or r.strategy == "Canary"),
+        Rule(cel="!has(self.blueGreen) || self.strategy == 'BlueGreen'",
+             message="rollout.blueGreen applies only when rollout.strategy is BlueGreen",
+             holds=lambda r: r.blue_green is None or r.strategy == "BlueGreen"),
+        Rule(cel="self.strategy != 'RollingUpdate' || !(has(self.analysis) || has(self.promote) || has(self.abort))",
+             message="rollout.analysis, rollout.promote and rollout.abort apply only to strategy Canary or BlueGreen",
+             holds=lambda r: r.strategy != "RollingUpdate" or (r.analysis is None and r.promote is None
+                                                                and r.abort is None)),
+        Rule(cel=("!has(self.promote) || !has(self.promote.throughStep) || "
+                  "(has(self.canary) && self.promote.throughStep < size(self.canary.steps))"),
+             message="rollout.promote.throughStep must be the index of one of rollout.canary.steps (Canary only)",
+             holds=lambda r: (r.promote is None or r.promote.through_step is None
+                              or (r.canary is not None and r.promote.through_step < len(r.canary.steps)))),
+        Rule(cel="!has(self.promote) || !has(self.abort) || self.promote.target != self.abort.target",
+             message="rollout.promote and rollout.abort must not name the same rollout",
+             holds=lambda r: r.promote is None or r.abort is None or r.promote.target != r.abort.target),
     )
+
+    @property
+    def analysis_or_default(self) -> AnalysisSpec:
+        return self.analysis if self.analysis is not None else AnalysisSpec()
 
 
 class ServiceSpec(ApiModel):
@@ -378,6 +585,16 @@ class MonitoringSpec(ApiModel):
     interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
 
 
+# The API knows Canary and BlueGreen (rollout.canary, blueGreen, analysis, promote, abort), and canary.py decides
+# their steps, but the reconciler does not run them yet: refused rather than silently run as a rolling update.
+# The session that wires them into the reconciler removes this rule (and its line in ModelDeploymentSpec.rules).
+STRATEGIES_NOT_SERVED_YET = Rule(
+    cel="!has(self.rollout) || !has(self.rollout.strategy) || self.rollout.strategy == 'RollingUpdate'",
+    message=("rollout.strategy: Canary and BlueGreen are not served yet (the operator does not run them); "
+             "use RollingUpdate"),
+    holds=lambda s: s.rollout.strategy == "RollingUpdate")
+
+
 class ModelDeploymentSpec(ApiModel):
     """What to serve and how."""
 
@@ -395,6 +612,7 @@ class ModelDeploymentSpec(ApiModel):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus integration.")
 
     rules = (
+        STRATEGIES_NOT_SERVED_YET,
         Rule(cel=("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilization) || "
                   "(has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"),
              message="autoscaling.targetCPUUtilization needs resources.requests.cpu (utilization is a share of it)",
@@ -482,9 +700,36 @@ class Condition(StatusModel):
     observed_generation: int | None = Field(None, description="metadata.generation this condition describes.")
 
 
+class AnalysisSideStatus(StatusModel):
+    """What one side (the canary's pods, or the stable pods) did over an analysis' interval."""
+
+    pods: int = Field(0, description="Pods measured.")
+    requests: float = Field(0, description="Requests that succeeded or failed (cancelled ones left out).")
+    failures: float = Field(0, description="Failed requests (cancelled ones left out).")
+    error_ratio: float | None = Field(None, description="failures / requests; absent without requests.")
+    mean_latency_ms: float | None = Field(None, description="Mean duration of a successful request, ms.")
+    mean_queue_ms: float | None = Field(None, description="Mean queue time of a successful request, ms.")
+
+
+class AnalysisStatus(StatusModel):
+    """The analysis of a canary step (or of a blue-green preview): the one running, and its last verdict."""
+
+    step: int = Field(0, description="The step it belongs to (rollout.canary.steps index; 0 for BlueGreen).")
+    started_at: str | None = Field(None, description="When the baseline was scraped (the interval's start).",
+                                   json_schema_extra={"format": "date-time"})
+    checked_at: str | None = Field(None, description="When the last verdict was taken.",
+                                   json_schema_extra={"format": "date-time"})
+    verdict: Literal["Pass", "Fail", "Inconclusive"] | None = Field(None, description="Pass, Fail or Inconclusive.")
+    message: str | None = Field(None, description="The verdict, with every number it rests on.")
+    canary: AnalysisSideStatus | None = Field(None, description="The canary's (or preview's) pods.")
+    stable: AnalysisSideStatus | None = Field(None, description="The stable pods.")
+
+
 class RolloutStatus(StatusModel):
-    phase: Literal["Idle", "Progressing", "Failed", "RolledBack"] = Field(
-        "Idle", description="Idle, Progressing (a rolling update is under way), Failed or RolledBack.")
+    phase: Literal["Idle", "Progressing", "Paused", "Failed", "RolledBack", "Aborted"] = Field(
+        "Idle", description=("Idle, Progressing (a rolling update, canary or blue-green rollout is under way), Paused "
+                             "(a canary or preview waits for rollout.promote), Failed, RolledBack, or Aborted (a "
+                             "canary or preview was stopped: the stable version serves everything)."))
     updated_replicas: int = Field(0, description="Pods running the target pod template.")
     desired_replicas: int = Field(0, description="Pods the rollout aims for.")
     target_template: str = Field("", description="Fingerprint of the pod template the spec asks for (on each "
@@ -506,6 +751,21 @@ class RolloutStatus(StatusModel):
                                         "in CrashLoopBackOff, ImagePullBackOff or a container config error.",
                                         json_schema_extra={"format": "date-time"})
     message: str = Field("", description="What the rollout is doing or why it stopped.")
+    # Canary and BlueGreen only (absent for RollingUpdate): the step machine's memory, see canary.py.
+    canary_template: str | None = Field(None, description="Fingerprint of the pod template the canary (or preview) "
+                                        "runs: the target's, which the step fields below belong to.")
+    canary_version: str | None = Field(None, description="The model version of canaryTemplate.")
+    step: int | None = Field(None, description=("Canary: index of the current step in rollout.canary.steps (their "
+                                                "number once every step is done and the canary is being promoted). "
+                                                "BlueGreen: 0 until the switch, 1 after it."))
+    step_started_at: str | None = Field(None, description="When the current step began.",
+                                        json_schema_extra={"format": "date-time"})
+    weight: int | None = Field(None, description=("Percent of traffic the canary has (BlueGreen: 0 before the "
+                                                  "switch, 100 after)."))
+    abort_reason: str | None = Field(None, description=("Why the canary or preview was aborted: AnalysisFailed, "
+                                                         "AnalysisInconclusive, CanaryFailed, ProgressDeadlineExceeded "
+                                                         "or AbortedBySpec."))
+    analysis: AnalysisStatus | None = Field(None, description="The current or last analysis.")
 
 
 class VersionStatus(StatusModel):
