@@ -58,7 +58,8 @@ def test_a_listing_drops_what_vanished_while_the_watch_was_broken():
     cache.observe(POD, "ADDED", obj("a", version="10"))
     cache.observe(POD, "ADDED", obj("b", version="11"))
     cache.observe(POD, "ADDED", obj("c", version="40"))  # created after the listing below was taken
-    cache.replace(POD, [obj("a", version="10")], "30")
+    dropped = cache.replace(POD, [obj("a", version="10")], "30")
+    assert [p["metadata"]["name"] for p in dropped] == ["b"]
     assert [p["metadata"]["name"] for p in cache.list(POD, NS, "")] == ["a", "c"]
     # An event older than the listing, for an object the listing did not have, is stale.
     assert not cache.observe(POD, "MODIFIED", obj("b", version="12"))

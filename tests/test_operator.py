@@ -172,6 +172,37 @@ async def test_the_watch_cache_is_filled_at_startup_and_fed_by_every_watch_event
         op.STATE = None
 
 
+async def test_when_kopf_relists_a_kind_what_vanished_meanwhile_is_dropped_and_its_owner_reconciled(state,
+                                                                                                      monkeypatch):
+    """After a 410 Gone (an API server restart) kopf lists again, and a Service deleted while no watch
+    ran gets no event: the operator lists Services itself and its owner repairs it."""
+    from modeldeploy.cache import CachedCluster, WatchCache
+    from modeldeploy.kube import SERVICE
+
+    operator_state, fake = state
+    monkeypatch.setattr(op, "RELIST_DELAY_SECONDS", 0.01)
+    watch_cache = WatchCache()
+    operator_state.watch_cache = watch_cache
+    operator_state.reconciler.cluster = CachedCluster(fake, watch_cache)
+    fake.create(md_object("simple"))
+    await operator_state.fill_cache()
+    await op.on_model_deployment(event={"type": "ADDED", "object": fake.get_now(MODEL_DEPLOYMENT, NS, "simple")},
+                                 name="simple", namespace=NS)
+    await operator_state.queue.idle()
+    service = fake.get_now(SERVICE, NS, "simple")
+    watch_cache.observe(SERVICE, "ADDED", service)
+    fake.delete_as_user(SERVICE, NS, "simple")  # while the watch was down: no DELETED event
+    deployment = fake.get_now(DEPLOYMENT, NS, "simple")
+    op._child_events(DEPLOYMENT)(event={"type": None, "object": deployment},  # kopf's relisting shows
+                                 labels=deployment["metadata"]["labels"], namespace=NS)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if fake.get_now(SERVICE, NS, "simple") is not None and operator_state._relisting is None:
+            break
+    await operator_state.queue.idle()
+    assert fake.get_now(SERVICE, NS, "simple") is not None  # listed, found gone, put back
+
+
 def test_handlers_have_explicit_ids_and_are_event_handlers_only():
     watching = op.registry._watching.get_all_handlers()
     ids = sorted(h.id for h in watching)

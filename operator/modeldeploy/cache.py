@@ -13,9 +13,10 @@ How the cache stays right (pure, tested on data in tests/test_cache.py):
   increasing counter (the API conventions call them opaque; where one is not a number, the later
   arrival wins).
 - **Start and gaps.** Until a kind has been listed (`replace`, at startup and every resync) the
-  cache does not serve it and reads go to the API server. A relist replaces the kind's contents,
-  which also drops what was deleted while a watch was broken (kopf relists after a 410 Gone but
-  never reports the objects that vanished meanwhile).
+  cache does not serve it and reads go to the API server. A listing replaces the kind's contents,
+  which also drops what was deleted while a watch was broken: kopf relists after a 410 Gone (an API
+  server restart causes one) but never reports the objects that vanished meanwhile, so the operator
+  lists that kind again itself as soon as kopf's relisting shows (events of type None).
 - **Our own writes.** What an apply or status patch returns is stored at once (its resourceVersion is
   newer than any event still on its way), so the next reconcile does not see its own write as missing.
 
@@ -133,14 +134,16 @@ class WatchCache:
         return True
 
     def replace(self, kind: Kind, items: list[dict[str, Any]], list_version: str | None,
-                namespace: str | None = None) -> None:
+                namespace: str | None = None) -> list[dict[str, Any]]:
         """A full listing of kind (in namespace, or everywhere): it replaces what was held, tombstones
-        included, except for objects the cache already knows in a newer version than the listing."""
+        included, except for objects the cache already knows in a newer version than the listing.
+        Returns the objects it dropped: deleted while no watch event said so."""
         scope = namespace if namespace is not None else ALL_NAMESPACES
         version = int(list_version) if list_version and list_version.isdigit() else None
         self._missing.discard((kind.group, kind.kind))
         listed = {_key(kind, (i.get("metadata") or {}).get("namespace") or "", i["metadata"]["name"]): i
                   for i in items}
+        dropped: list[dict[str, Any]] = []
         for key, entry in list(self._entries.items()):
             if key[:2] != (kind.group, kind.kind) or (namespace is not None and key[2] != namespace):
                 continue
@@ -148,9 +151,12 @@ class WatchCache:
             # listing predates (then its events, tombstone or not, are the newer truth).
             if key not in listed and (version is None or entry.version is None or entry.version <= version):
                 del self._entries[key]
+                if entry.obj is not None:
+                    dropped.append(entry.obj)
         for item in items:
             self.observe(kind, None, item)
         self._listed[(kind.group, kind.kind, scope)] = version
+        return dropped
 
     def deleted(self, kind: Kind, namespace: str, name: str, uid: str) -> None:
         """We deleted this object: it is gone from the cache now, not when (for a kind nobody watches:

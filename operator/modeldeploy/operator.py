@@ -71,6 +71,7 @@ DEFAULT_LEASE_NAME = "modeldeploy-operator"
 LEASE_REQUEST_SECONDS = 5.0
 RELEASE_SECONDS = 3.0  # how long a stopping leader tries to release the Lease
 LIST_SECONDS = 30.0  # a listing that fills the watch cache is given up after this long (reads then go live)
+RELIST_DELAY_SECONDS = 1.0  # after kopf starts relisting a kind, list it ourselves this much later
 
 
 def default_identity() -> str:
@@ -249,6 +250,7 @@ class OperatorState:
         # The reconciler reads through it (a CachedCluster over the same cache); None: reads go to the API server.
         self.watch_cache = watch_cache
         self.namespaces = namespaces  # () for every namespace
+        self._relisting: asyncio.Task[None] | None = None  # our own listing after kopf's, on its way
         self.known: set[tuple[str, str]] = set()
         self.conditions: dict[tuple[str, str], dict[str, str]] = {}
         # Without leader election this replica leads from the start; with it, it stands by until it holds the Lease.
@@ -263,17 +265,40 @@ class OperatorState:
 
     def observe(self, kind: Kind, event: dict[str, Any]) -> None:
         """Keep a watch event in the cache (before the reconcile it causes reads it)."""
-        if self.watch_cache is not None and isinstance(event.get("object"), dict):
-            self.watch_cache.observe(kind, event.get("type"), event["object"])
+        if self.watch_cache is None or not isinstance(event.get("object"), dict):
+            return
+        self.watch_cache.observe(kind, event.get("type"), event["object"])
+        namespace = event["object"]["metadata"].get("namespace") or ""
+        if event.get("type") is None and self.watch_cache.serves(kind, namespace) and self._relisting is None:
+            # kopf lists again (after a 410 Gone, as an API server restart causes): what was deleted while
+            # the watches were broken gets no event, so list every kind ourselves (a kind left with no
+            # object shows no relisting of its own), a moment after the relisting began.
+            self._relisting = asyncio.get_running_loop().create_task(self._relist(), name="modeldeploy-relist")
 
-    async def fill_cache(self) -> None:
-        """List every cached kind, all at once. The cache serves a kind from its first listing on, and
-        each listing also drops what was deleted while a watch was broken. A kind that cannot be listed
-        is read from the API server until a listing succeeds (the next resync)."""
+    async def _relist(self) -> None:
+        try:
+            await asyncio.sleep(RELIST_DELAY_SECONDS)
+            await self.fill_cache()
+        finally:
+            self._relisting = None
+
+    def _route_dropped(self, kind: Kind, dropped: list[dict[str, Any]]) -> None:
+        """Objects a listing found gone: their owners (or they themselves) are reconciled."""
+        for obj in dropped:
+            meta = obj.get("metadata") or {}
+            owner = meta.get("name") if kind is MODEL_DEPLOYMENT else naming.owner_of(meta.get("labels"))
+            if owner:
+                self.queue.enqueue((meta.get("namespace") or "", owner))
+
+    async def fill_cache(self, kinds: tuple[Kind, ...] = CACHED_KINDS) -> None:
+        """List the cached kinds, all at once. The cache serves a kind from its first listing on, and
+        each listing also drops what was deleted while a watch was broken (and reconciles the owners of
+        what it dropped). A kind that cannot be listed is read from the API server until a listing
+        succeeds (the next resync)."""
         if self.watch_cache is None:
             return
         cluster = self.reconciler.cluster
-        scopes = [(kind, namespace) for kind in CACHED_KINDS for namespace in self.namespaces or (None,)]
+        scopes = [(kind, namespace) for kind in kinds for namespace in self.namespaces or (None,)]
 
         async def listing(kind: Kind, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
             selector = "" if kind is MODEL_DEPLOYMENT else naming.MANAGED_SELECTOR
@@ -288,7 +313,7 @@ class OperatorState:
                 failed.append(f"{kind.plural}{f' in {namespace}' if namespace else ''}: "
                               f"{str(answer) or type(answer).__name__}")
             else:
-                self.watch_cache.replace(kind, *answer, namespace)
+                self._route_dropped(kind, self.watch_cache.replace(kind, *answer, namespace))
         if failed:
             log.warning("could not list %s to fill the watch cache; these are read from the API server until a "
                         "listing succeeds (the next resync)", "; ".join(failed))
@@ -406,6 +431,8 @@ async def shutdown(**_: Any) -> None:
     state = _state()
     if state.resync is not None:
         state.resync.cancel()
+    if state._relisting is not None:
+        state._relisting.cancel()
     if state.election is not None:
         state.election.cancel()
         await asyncio.gather(state.election, return_exceptions=True)
