@@ -16,7 +16,7 @@ How the cache stays right (pure, tested on data in tests/test_cache.py):
   cache does not serve it and reads go to the API server. A listing replaces the kind's contents,
   which also drops what was deleted while a watch was broken: kopf relists after a 410 Gone (an API
   server restart causes one) but never reports the objects that vanished meanwhile, so the operator
-  lists that kind again itself as soon as kopf's relisting shows (events of type None).
+  lists every kind again itself as soon as kopf's relisting shows (events of type None).
 - **Our own writes.** What an apply or status patch returns is stored at once (its resourceVersion is
   newer than any event still on its way), so the next reconcile does not see its own write as missing.
 
