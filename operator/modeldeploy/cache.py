@@ -32,8 +32,8 @@ A read that lags behind the API server cannot cause a wrong write:
 
 from __future__ import annotations
 
-import copy
-import sys
+import json
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,20 +85,32 @@ def slim(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": kept}
 
 
-def _interned(value: Any) -> Any:
-    """The same object with its dict keys interned: thousands of cached objects then share one copy
-    of "metadata", "containerStatuses" and the like instead of one each."""
-    if isinstance(value, dict):
-        return {sys.intern(k) if isinstance(k, str) else k: _interned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interned(v) for v in value]
-    return value
+def _pack(obj: dict[str, Any]) -> bytes:
+    """An object as the cache holds it: compact JSON, compressed. Thousands of cached objects then take
+    a few KiB each instead of the tens of KiB of their dicts (a Deployment's embedded pin script alone is
+    7 KiB), and each read decodes a fresh copy that the caller may change."""
+    return zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)
+
+
+def _unpack(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))
 
 
 @dataclass
 class _Entry:
     version: int | None
-    obj: dict[str, Any] | None  # None: a tombstone (deleted at `version`)
+    blob: bytes | None  # the packed object; None: a tombstone (deleted at `version`)
+    uid: str = ""
+    labels: dict[str, str] | None = None  # kept unpacked, for label selectors
+
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        return _unpack(self.blob) if self.blob is not None else None
+
+
+def _entry(kind: Kind, version: int | None, obj: dict[str, Any]) -> _Entry:
+    meta = obj.get("metadata") or {}
+    return _Entry(version, _pack(slim(kind, obj)), meta.get("uid") or "", dict(meta.get("labels") or {}))
 
 
 class WatchCache:
@@ -127,10 +139,7 @@ class WatchCache:
             return False
         if entry is None and not _newer(version, self._listing_version(kind, namespace)):
             return False  # older than a listing that did not have it: it is gone since
-        if event_type == "DELETED":
-            self._entries[key] = _Entry(version, None)
-        else:
-            self._entries[key] = _Entry(version, _interned(slim(kind, obj)))
+        self._entries[key] = _Entry(version, None) if event_type == "DELETED" else _entry(kind, version, obj)
         return True
 
     def replace(self, kind: Kind, items: list[dict[str, Any]], list_version: str | None,
@@ -151,8 +160,8 @@ class WatchCache:
             # listing predates (then its events, tombstone or not, are the newer truth).
             if key not in listed and (version is None or entry.version is None or entry.version <= version):
                 del self._entries[key]
-                if entry.obj is not None:
-                    dropped.append(entry.obj)
+                if entry.blob is not None:
+                    dropped.append(_unpack(entry.blob))
         for item in items:
             self.observe(kind, None, item)
         self._listed[(kind.group, kind.kind, scope)] = version
@@ -163,7 +172,7 @@ class WatchCache:
         never) the watch says so. Its last known resourceVersion guards against older events."""
         key = _key(kind, namespace, name)
         entry = self._entries.get(key)
-        if entry is not None and entry.obj is not None and entry.obj["metadata"].get("uid") == uid:
+        if entry is not None and entry.blob is not None and entry.uid == uid:
             self._entries[key] = _Entry(entry.version, None)
 
     def kind_missing(self, kind: Kind) -> None:
@@ -191,17 +200,15 @@ class WatchCache:
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         entry = self._entries.get(_key(kind, namespace, name))
-        # A copy: callers may change what they are given, the cache must stay as the server said.
-        return copy.deepcopy(entry.obj) if entry is not None and entry.obj is not None else None
+        return entry.obj if entry is not None else None
 
     def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        found = [entry.obj for (group, kind_name, ns, _), entry in sorted(self._entries.items())
-                 if (group, kind_name, ns) == (kind.group, kind.kind, namespace) and entry.obj is not None
-                 and selector_matches(label_selector, entry.obj["metadata"].get("labels"))]
-        return copy.deepcopy(found)
+        return [_unpack(entry.blob) for (group, kind_name, ns, _), entry in sorted(self._entries.items())
+                if (group, kind_name, ns) == (kind.group, kind.kind, namespace) and entry.blob is not None
+                and selector_matches(label_selector, entry.labels)]
 
     def __len__(self) -> int:
-        return sum(1 for e in self._entries.values() if e.obj is not None)
+        return sum(1 for e in self._entries.values() if e.blob is not None)
 
 
 class CachedCluster:
