@@ -70,8 +70,8 @@ def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:
 
 
 def slim(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
-    """The object as cached: managedFields dropped (most of an object's size), except for a Deployment
-    the note of which other managers own spec.replicas, which is all intent.replicas_intent reads of them."""
+    """The object as cached: managedFields dropped (a large part of an object), except that a Deployment
+    keeps which managers own spec.replicas, all that intent.replicas_owned_by_others reads of them."""
     meta = obj.get("metadata") or {}
     if "managedFields" not in meta:
         return obj
