@@ -203,7 +203,7 @@ async def test_a_listing_for_the_watch_cache_spans_every_namespace_and_carries_i
     assert request["query"] == {"labelSelector": ["app.kubernetes.io/managed-by=modeldeploy"]}
 
 
-async def test_service_monitors_are_listed_but_never_watched(cluster):
+def test_service_monitors_are_listed_but_never_watched():
     assert permissions.allowed("monitoring.coreos.com", "servicemonitors", "list")
     assert not permissions.allowed("monitoring.coreos.com", "servicemonitors", "watch")
 

@@ -150,8 +150,7 @@ class WatchCache:
         scope = namespace if namespace is not None else ALL_NAMESPACES
         version = int(list_version) if list_version and list_version.isdigit() else None
         self._missing.discard((kind.group, kind.kind))
-        listed = {_key(kind, (i.get("metadata") or {}).get("namespace") or "", i["metadata"]["name"]): i
-                  for i in items}
+        listed = {_key(kind, (i.get("metadata") or {}).get("namespace") or "", i["metadata"]["name"]) for i in items}
         dropped: list[dict[str, Any]] = []
         for key, entry in list(self._entries.items()):
             if key[:2] != (kind.group, kind.kind) or (namespace is not None and key[2] != namespace):
@@ -207,9 +206,6 @@ class WatchCache:
                 if (group, kind_name, ns) == (kind.group, kind.kind, namespace) and entry.blob is not None
                 and selector_matches(label_selector, entry.labels)]
 
-    def __len__(self) -> int:
-        return sum(1 for e in self._entries.values() if e.blob is not None)
-
 
 class CachedCluster:
     """The Cluster protocol with get and list answered by a WatchCache for the kinds it has listed.
@@ -222,7 +218,7 @@ class CachedCluster:
         self.cluster = cluster
         self.cache = cache
 
-    def __getattr__(self, name: str) -> Any:  # Leases, events, discovery: straight to the API server
+    def __getattr__(self, name: str) -> Any:  # exists (Secret, PVC), Leases, events: straight to the API server
         return getattr(self.cluster, name)
 
     async def get(self, kind: Kind, namespace: str, name: str, *, fresh: bool = False) -> dict[str, Any] | None:
@@ -241,9 +237,6 @@ class CachedCluster:
         if self.cache.serves(kind, namespace) and not self.cache.is_missing(kind):
             return self.cache.list(kind, namespace, label_selector)
         return await self.cluster.list(kind, namespace, label_selector)
-
-    async def exists(self, kind: Kind, namespace: str, name: str) -> bool:
-        return await self.cluster.exists(kind, namespace, name)
 
     async def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         stored = await self.cluster.apply(obj, dry_run=dry_run)

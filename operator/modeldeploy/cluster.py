@@ -80,9 +80,9 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
 
 
 def object_path(kind: Kind, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    """The REST path of a collection (name None) or of one object."""
+    """The REST path of a collection (name None; namespace None: across every namespace) or of one object."""
     path = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
-    if kind.namespaced:
+    if kind.namespaced and (namespace is not None or name is not None):
         path += f"/namespaces/{quote(namespace or '', safe='')}"
     path += f"/{kind.plural}"
     if name is not None:
@@ -290,10 +290,8 @@ class KubernetesCluster:
                        label_selector: str) -> tuple[list[dict[str, Any]], str]:
         permissions.require(kind.group, kind.plural, "list")
         query = [("labelSelector", label_selector)] if label_selector else []
-        path = object_path(kind, namespace) if namespace is not None or not kind.namespaced else \
-            object_path(Kind(kind.group, kind.version, kind.plural, kind.kind, namespaced=False), None)
         try:
-            answer = await self._call("GET", path, query=query)
+            answer = await self._call("GET", object_path(kind, namespace), query=query)
         except _Refused as refused:
             if refused.status == 404 and not refused.names_object:
                 raise kind_not_installed(kind) from None

@@ -62,8 +62,12 @@ kopf.on.login(registry=registry, id="login-via-kubernetes-client")(kopf.login_vi
 # owner's key and kept in the watch cache. ServiceMonitors, an optional kind, are not watched: the
 # cache has them from the listing at startup and at each resync, and from our own writes.
 WATCHED_CHILDREN: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, POD)
-CHILD_WATCHES = tuple((kind.group, kind.version, kind.plural) for kind in WATCHED_CHILDREN)
 CACHED_KINDS: tuple[Kind, ...] = (MODEL_DEPLOYMENT, *WATCHED_CHILDREN, SERVICE_MONITOR)
+
+
+def watch_selector(kind: Kind) -> str:
+    """The label selector our watches and listings of kind use: every ModelDeployment, only our children."""
+    return "" if kind is MODEL_DEPLOYMENT else naming.MANAGED_SELECTOR
 
 
 DEFAULT_LEASE_NAME = "modeldeploy-operator"
@@ -301,8 +305,7 @@ class OperatorState:
         scopes = [(kind, namespace) for kind in kinds for namespace in self.namespaces or (None,)]
 
         async def listing(kind: Kind, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-            selector = "" if kind is MODEL_DEPLOYMENT else naming.MANAGED_SELECTOR
-            return await asyncio.wait_for(cluster.list_all(kind, namespace, selector), LIST_SECONDS)
+            return await asyncio.wait_for(cluster.list_all(kind, namespace, watch_selector(kind)), LIST_SECONDS)
 
         answers = await asyncio.gather(*(listing(*scope) for scope in scopes), return_exceptions=True)
         failed: list[str] = []
@@ -401,8 +404,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our reconciler posts its own, deliberate events
     # Handler label filters are applied in the operator; these make the API server filter instead,
     # so the operator streams only its own children, not every Pod and Service in the cluster.
-    for group, version, plural in CHILD_WATCHES:
-        settings.watching.label_selectors[group, version, plural] = naming.MANAGED_SELECTOR
+    for kind in WATCHED_CHILDREN:
+        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = watch_selector(kind)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     state = _state()

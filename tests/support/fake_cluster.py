@@ -61,7 +61,7 @@ from typing import Any
 
 from modeldeploy import FIELD_MANAGER, PLURAL, permissions
 from modeldeploy.cluster import event_body
-from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind
+from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind, kind_not_installed
 
 log = logging.getLogger(__name__)
 
@@ -562,9 +562,7 @@ class FakeCluster:
 
     def _check_installed(self, kind: Kind) -> None:
         if (kind.group, kind.kind) in self._uninstalled:
-            resource = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({resource}): "
-                                            f"is its CRD installed?")
+            raise kind_not_installed(kind)
 
     # --- failure injection ----------------------------------------------------------------
 
@@ -636,11 +634,7 @@ class FakeCluster:
         return self._key(kind, namespace, name) in self._objects
 
     async def list(self, kind: Kind, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        permissions.require(kind.group, kind.plural, "list")
-        await self._enter("list", kind, namespace, label_selector)
-        self._maybe_fail("list", kind)
-        self._check_installed(kind)
-        return self.list_now(kind, namespace, label_selector)
+        return (await self.list_all(kind, namespace, label_selector))[0]
 
     async def list_all(self, kind: Kind, namespace: str | None,
                        label_selector: str) -> tuple[list[dict[str, Any]], str]:

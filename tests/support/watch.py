@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modeldeploy import naming
 from modeldeploy.cache import CachedCluster, WatchCache
-from modeldeploy.operator import CACHED_KINDS
+from modeldeploy.operator import CACHED_KINDS, watch_selector
 from tests.support.fake_cluster import FakeCluster
 
 
@@ -16,7 +16,7 @@ def watch_cached(fake: FakeCluster, *, lagging: list | None = None) -> CachedClu
     cache = WatchCache()
 
     def feed(kind, event_type, obj):
-        if kind.kind != "ModelDeployment" and naming.owner_of(obj["metadata"].get("labels")) is None:
+        if watch_selector(kind) and naming.owner_of(obj["metadata"].get("labels")) is None:
             event_type = "DELETED"
         if lagging is None:
             cache.observe(kind, event_type, obj)
@@ -25,6 +25,5 @@ def watch_cached(fake: FakeCluster, *, lagging: list | None = None) -> CachedClu
 
     fake.watch(feed)
     for kind in CACHED_KINDS:
-        selector = "" if kind.kind == "ModelDeployment" else naming.MANAGED_SELECTOR
-        cache.replace(kind, fake.list_now(kind, label_selector=selector), fake.version)
+        cache.replace(kind, fake.list_now(kind, label_selector=watch_selector(kind)), fake.version)
     return CachedCluster(fake, cache)
