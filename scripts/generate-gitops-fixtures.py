@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from modeldeploy import naming
+from modeldeploy import naming, progressive
+from modeldeploy.analysis import SideStats, Thresholds, Verdict, verdict
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.model_health import ModelSignature, PodModelReport, TensorSpec, VersionState, explain_not_ready
 from modeldeploy.render.deployment import pod_template_fingerprint
@@ -96,10 +97,11 @@ def deployment(version: str, *, replicas: int = 2, updated: int | None = None, a
 
 
 def pod(name: str, version: str = "3", *, ready: bool = True, waiting: dict[str, Any] | None = None,
-        last_exit: int | None = None, unschedulable: str | None = None, template: str | None = None) -> dict[str, Any]:
+        last_exit: int | None = None, unschedulable: str | None = None, template: str | None = None,
+        slot: str = "") -> dict[str, Any]:
     """A pod as the kubelet reports it: running Triton, or stuck (waiting / unschedulable)."""
     meta = {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
-            "labels": naming.object_labels(NAME, version),
+            "labels": {**naming.object_labels(NAME, version), **naming.slot_labels(slot)},
             "annotations": {naming.POD_TEMPLATE_ANNOTATION: template or fingerprint(version)}}
     if unschedulable is not None:
         status: dict[str, Any] = {"phase": "Pending", "conditions": [
@@ -316,6 +318,64 @@ def _rolled_back() -> dict[str, Any]:
     return {**obj, "status": derive(obj, ready_world("3", generation=3), back, T3)}
 
 
+# Canary: 4 pods of 3 serve; the spec asks for 4 with these steps.
+CANARY = {"strategy": "Canary", "canary": {"steps": [{"setWeight": 25}, {"analysis": {"intervalSeconds": 60}},
+                                                     {"pause": {}}]}}
+
+
+def _canary_ready() -> tuple[dict[str, Any], Status]:
+    obj = model_deployment(replicas=4, rollout=CANARY)
+    pods = serving("3", n=4)
+    world = Observed(deployment=deployment("3", replicas=4), pods=pods, reports=reports(pods, lambda _: loaded()))
+    return obj, derive(obj, world, {}, T0)
+
+
+def _canary_world(canary_pods: int, *, verdict: Verdict | None = None, baseline_at: str | None = None,
+                  previous: Status, now: str) -> tuple[dict[str, Any], Status]:
+    """Version 4's canary: `canary_pods` of it Ready on the second Deployment, the rest of the 4 on version 3."""
+    obj = model_deployment("4", generation=2, replicas=4, rollout=CANARY)
+    md = parse_model_deployment(obj)
+    stable = serving("3", n=4 - canary_pods)
+    canary = [pod(f"resnet50-b-5c8b-{chr(ord('a') + i)}", "4", slot="b") for i in range(canary_pods)]
+    second = deployment("4", replicas=canary_pods, replica_set="resnet50-b-5c8b")
+    second["metadata"]["name"] = f"{NAME}{naming.SECOND_SLOT}"
+    children = {"Deployment": deployment("3", replicas=4 - canary_pods, generation=2), "Deployment-b": second}
+    answers = reports([*stable, *canary], lambda _: loaded())
+    step = progressive.decide(md, previous, children, [*stable, *canary], answers, now, baseline_at=baseline_at,
+                              verdict=verdict)
+    world = Observed(deployment=children[step.serving_slot], pods=[*stable, *canary], reports=answers)
+    return obj, derive_status(md, world, previous, now, progressive.rollout_decision(step), step.decision)
+
+
+def _canary_analysing() -> dict[str, Any]:
+    """steps[0] is done (1 of 4 pods runs 4): steps[1]'s analysis has taken its baseline."""
+    _, ready = _canary_ready()
+    obj, status = _canary_world(1, previous=ready, now=T1)
+    return {**obj, "status": status}
+
+
+def _canary_analysis_failed() -> dict[str, Any]:
+    """The analysis' verdict a minute later: version 4 failed 20% of its requests; version 3 serves everything."""
+    obj = _canary_analysing()
+    canary = SideStats(pods=1, successes=80, failures=20, request_duration_us=80 * 2000)
+    stable = SideStats(pods=3, successes=300, request_duration_us=300 * 2000)
+    started = obj["status"]["rollout"]["analysis"]["startedAt"]
+    _, status = _canary_world(1, previous=obj["status"], now=T2, baseline_at=started,
+                              verdict=verdict(canary, stable, Thresholds()))
+    return {**obj, "status": status}
+
+
+def _canary_paused() -> dict[str, Any]:
+    """The analysis passed: steps[2] pauses until rollout.promote names the rollout."""
+    obj = _canary_analysing()
+    canary = SideStats(pods=1, successes=100, request_duration_us=100 * 2000)
+    stable = SideStats(pods=3, successes=300, request_duration_us=300 * 2000)
+    started = obj["status"]["rollout"]["analysis"]["startedAt"]
+    _, status = _canary_world(1, previous=obj["status"], now=T2, baseline_at=started,
+                              verdict=verdict(canary, stable, Thresholds()))
+    return {**obj, "status": status}
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("no-status", "Just applied: the operator has not written any status yet. kstatus has nothing to compare "
              "and no conditions to read, so it calls the object Current.",
@@ -392,6 +452,26 @@ SCENARIOS: tuple[Scenario, ...] = (
                           "/models/resnet50/7/model.onnx"), "Failed",
              source="its status is what derive_status gives in two steps: 3 ready (08:00), then the first "
                     "pod of version 7 cannot load it (08:05)"),
+    Scenario("canary-analysing", "Canary 3 -> 4: one of 4 pods runs 4 (weight 25%), and its analysis against "
+             "version 3 is under way.",
+             _canary_analysing, ("Progressing", "Canary: steps[1] (analysis): analysing for 60 s"), "InProgress",
+             source="its status is what derive_status gives with the step machine's decision (progressive.decide) "
+                    "at 08:05 after the canary-ready world at 08:00"),
+    Scenario("canary-paused", "Canary 3 -> 4: the analysis passed; the rollout waits at a pause for "
+             "rollout.promote. Argo CD shows it Suspended, as it does a paused Argo Rollout.",
+             _canary_paused, ("Suspended", "RolloutPaused: steps[2] (pause): paused at weight 25 until rollout.promote names this "
+                                       "rollout ('4' or 'fdb579d87531cd69') with throughStep ≥ 2, or without one"), "InProgress",
+             source="its status is what derive_status gives with the step machine's decisions in two steps: "
+                    "the analysis' baseline (08:05), then its passing verdict (08:06)"),
+    Scenario("canary-analysis-failed", "Canary 3 -> 4: version 4 failed 20% of its requests at the analysis and "
+             "was aborted; version 3 serves everything until the spec changes.",
+             _canary_analysis_failed, ("Degraded", "AnalysisFailed: the rollout of version 4 was aborted (AnalysisFailed); version 3 "
+                          "serves everything: steps[1] (analysis): Fail: canary error ratio 20.00% (20/100) > max "
+                          "1.00%. canary: 100 requests on 1 pod(s), 20 failed (20.00%), mean latency 2.00 ms, mean "
+                          "queue 0.00 ms, max pending 0; stable: 300 requests on 3 pod(s), 0 failed (0.00%), mean "
+                          "latency 2.00 ms, mean queue 0.00 ms, max pending 0."), "Failed",
+             source="its status is what derive_status gives with the step machine's decisions in two steps: "
+                    "the analysis' baseline (08:05), then its failing verdict (08:06)"),
     Scenario("rolled-back", "Version 7 failed; version 3 serves again and stays until the spec changes.",
              _rolled_back,
              ("Degraded", "RolledBack: version 7 failed and was rolled back to version 3: pod resnet50-5c8b-a: "

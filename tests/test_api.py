@@ -14,7 +14,8 @@ from modeldeploy import api
 from modeldeploy.analysis import InconclusivePolicy, Thresholds
 from modeldeploy.api import (
     ROOT_RULES,
-    STRATEGIES_NOT_SERVED_YET,
+    AUTOSCALING_NOT_WITH_PROGRESSIVE,
+    TRAFFIC_ROUTING_NOT_SERVED_YET,
     AnalysisSpec,
     ModelDeployment,
     ModelDeploymentSpec,
@@ -67,9 +68,8 @@ BROKEN_RULES = [
      "rollout.promote.throughStep must be the index of one of rollout.canary.steps"),
     ("spec.rollout", {"strategy": "BlueGreen", "promote": {"target": "4"}, "abort": {"target": "4"}},
      "rollout.promote and rollout.abort must not name the same rollout"),
-    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}]}},
-     "rollout.strategy: Canary and BlueGreen are not served yet"),
-    ("spec.rollout", {"strategy": "BlueGreen"}, "rollout.strategy: Canary and BlueGreen are not served yet"),
+    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}], "trafficRouting": {
+        "gatewayAPI": {"httpRoute": "route"}}}}, "rollout.canary.trafficRouting (Gateway API) is not served yet"),
     ("spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"}, "must not both be 0"),
     ("spec.model", {"repository": "ftp://models/x", "version": "1"}, "model.repository must be s3://"),
     ("spec.model", {"repository": "pvc://Bad_Claim/x", "version": "1"}, "model.repository must be s3://"),
@@ -241,7 +241,7 @@ def test_root_rule_holds_only_for_dns_labels():
     assert not evaluate_cel(rule.cel, {"metadata": {"name": "Resnet50"}})
 
 
-# --- Canary and BlueGreen: validated now, refused until the operator runs them --------------------------
+# --- Canary and BlueGreen --------------------------
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "progressive-delivery.md"
 
@@ -259,27 +259,51 @@ def test_the_design_note_has_canary_routed_and_blue_green_examples():
     assert strategies == [("Canary", False), ("Canary", True), ("BlueGreen", False)]
 
 
-@pytest.mark.parametrize("doc", _documented_examples(), ids=lambda d: d["spec"]["rollout"]["strategy"])
-def test_canary_and_blue_green_are_not_served_yet(doc):
-    """Refused, by the API server and by Python, with the one rule the wiring session removes."""
-    with pytest.raises(InvalidSpec) as caught:
-        parse_model_deployment(doc)
-    assert caught.value.problems == [f"spec: {STRATEGIES_NOT_SERVED_YET.message}"]
-    assert failing_cel_messages(_root_schema(), doc) == [STRATEGIES_NOT_SERVED_YET.message]
+def _served(doc: dict) -> bool:
+    return "trafficRouting" not in doc["spec"]["rollout"].get("canary", {})
 
 
-@pytest.mark.parametrize("doc", _documented_examples(), ids=lambda d: d["spec"]["rollout"]["strategy"])
-def test_without_that_one_rule_the_documented_examples_are_valid(doc, monkeypatch):
-    monkeypatch.setattr(ModelDeploymentSpec, "rules",
-                        tuple(r for r in ModelDeploymentSpec.rules if r is not STRATEGIES_NOT_SERVED_YET))
+@pytest.mark.parametrize("doc", [d for d in _documented_examples() if _served(d)],
+                         ids=lambda d: d["spec"]["rollout"]["strategy"])
+def test_the_documented_canary_and_blue_green_examples_are_valid(doc):
     md = parse_model_deployment(doc)
     assert md.spec.rollout.strategy == doc["spec"]["rollout"]["strategy"]
-    schema = _root_schema()
-    schema = {**schema, "properties": {**schema["properties"], "spec": {
-        **schema["properties"]["spec"], "x-kubernetes-validations": [
-            v for v in schema["properties"]["spec"]["x-kubernetes-validations"]
-            if v["message"] != STRATEGIES_NOT_SERVED_YET.message]}}}
-    assert failing_cel_messages(schema, doc) == []
+    assert failing_cel_messages(_root_schema(), doc) == []
+
+
+def test_gateway_api_routing_is_refused_until_served():
+    """Refused, by the API server and by Python, with the one rule that goes once HTTPRoutes are patched."""
+    (doc,) = [d for d in _documented_examples() if not _served(d)]
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(doc)
+    assert caught.value.problems == [f"spec: {TRAFFIC_ROUTING_NOT_SERVED_YET.message}"]
+    assert failing_cel_messages(_root_schema(), doc) == [TRAFFIC_ROUTING_NOT_SERVED_YET.message]
+    without = tuple(r for r in ModelDeploymentSpec.rules if r is not TRAFFIC_ROUTING_NOT_SERVED_YET)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelDeploymentSpec, "rules", without)
+        assert parse_model_deployment(doc).spec.rollout.canary.gateway_api.http_route == "resnet50"
+
+
+@pytest.mark.parametrize("strategy", ["Canary", "BlueGreen"])
+def test_autoscaling_with_canary_or_blue_green_is_refused(strategy):
+    (doc,) = [d for d in _documented_examples() if d["spec"]["rollout"]["strategy"] == strategy and _served(d)]
+    doc = {**doc, "spec": {**doc["spec"], "autoscaling": {"minReplicas": 1, "maxReplicas": 4,
+                                                          "targetQueueTimeMicroseconds": 5000}}}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(doc)
+    assert caught.value.problems == [f"spec: {AUTOSCALING_NOT_WITH_PROGRESSIVE.message}"]
+    assert failing_cel_messages(_root_schema(), doc) == [AUTOSCALING_NOT_WITH_PROGRESSIVE.message]
+
+
+@pytest.mark.parametrize("strategy", ["Canary", "BlueGreen"])
+def test_canary_and_blue_green_names_leave_room_for_the_preview_service(strategy):
+    (doc,) = [d for d in _documented_examples() if d["spec"]["rollout"]["strategy"] == strategy and _served(d)]
+    long = {**doc, "metadata": {**doc["metadata"], "name": "m" * 56}}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_model_deployment(long)
+    assert "at most 55 characters" in caught.value.problems[0]
+    assert [m for m in failing_cel_messages(_root_schema(), long) if "at most 55" in m]
+    parse_model_deployment({**doc, "metadata": {**doc["metadata"], "name": "m" * 55}})
 
 
 def test_the_analysis_defaults_are_the_analysis_modules_own():

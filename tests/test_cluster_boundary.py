@@ -488,12 +488,12 @@ async def test_a_body_that_is_not_a_status_still_maps(server, cluster):
 
 @pytest.mark.parametrize("call", [
     lambda c: c.get(POD, NS, "resnet50-abc"),  # pods are listed, never fetched
-    lambda c: c.delete(DEPLOYMENT, NS, "resnet50", uid="u"),  # the Deployment is collected, never deleted
+    lambda c: c.delete(SECRET, NS, "creds", uid="u"),  # a Secret the spec names is only ever checked
     lambda c: c.list(SECRET, NS, ""),  # one named Secret is checked, Secrets are never listed
     lambda c: c.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": NS}}),
     lambda c: c.list(LEASE, NS, ""),  # the one Lease is read by name, never listed or watched
     lambda c: c.delete(LEASE, NS, "modeldeploy", uid="u"),  # released, never deleted
-], ids=["get-pod", "delete-deployment", "list-secrets", "apply-secret", "list-leases", "delete-lease"])
+], ids=["get-pod", "delete-secret", "list-secrets", "apply-secret", "list-leases", "delete-lease"])
 async def test_an_undeclared_call_is_refused_before_it_is_sent(server, cluster, call):
     with pytest.raises(permissions.UndeclaredAPICall):
         await call(cluster)

@@ -186,9 +186,10 @@ async def test_delete_honours_the_uid_precondition(fake):
     fake.delete_as_user(DEPLOYMENT, NS, "resnet50")
     replacement = await fake.apply(deployment(owner_uid="md-uid"))
     await fake.delete(HPA, NS, "resnet50", uid="whatever")  # 404 is fine
-    with pytest.raises(permissions.UndeclaredAPICall):
-        await fake.delete(DEPLOYMENT, NS, "resnet50", uid=old["metadata"]["uid"])  # never declared
+    await fake.delete(DEPLOYMENT, NS, "resnet50", uid=old["metadata"]["uid"])  # the replacement is not it
     assert fake.get_now(DEPLOYMENT, NS, "resnet50")["metadata"]["uid"] == replacement["metadata"]["uid"]
+    with pytest.raises(permissions.UndeclaredAPICall):
+        await fake.delete(SECRET, NS, "creds", uid="u")  # never declared
     hpa = await fake.apply({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
                             "metadata": {"name": "resnet50", "namespace": NS},
                             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",

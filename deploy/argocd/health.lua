@@ -62,22 +62,29 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
--- 4. A version rollout or rolling update is under way.
+-- 4. A canary or blue-green rollout waits at a pause for rollout.promote (as a paused Argo Rollout).
 local progressing = condition("Progressing")
+if progressing ~= nil and progressing.status == "True" and progressing.reason == "RolloutPaused" then
+  hs.status = "Suspended"
+  hs.message = describe(progressing)
+  return hs
+end
+
+-- 5. A version rollout, rolling update, canary or blue-green rollout is under way.
 if progressing ~= nil and progressing.status == "True" then
   hs.status = "Progressing"
   hs.message = describe(progressing)
   return hs
 end
 
--- 5. Scaled to zero on purpose (no autoscaler owns the replica count).
+-- 6. Scaled to zero on purpose (no autoscaler owns the replica count).
 if obj.spec ~= nil and obj.spec.replicas == 0 and obj.spec.autoscaling == nil then
   hs.status = "Suspended"
   hs.message = "Scaled to zero replicas"
   return hs
 end
 
--- 6. Not ready yet, nothing wrong: say what Ready is waiting for.
+-- 7. Not ready yet, nothing wrong: say what Ready is waiting for.
 hs.status = "Progressing"
 if ready ~= nil then
   hs.message = describe(ready)

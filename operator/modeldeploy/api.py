@@ -494,7 +494,7 @@ class RolloutSpec(ApiModel):
         description=("RollingUpdate replaces pods a few at a time, never dropping below the desired count. Canary "
                      "runs the new version beside the stable one and moves traffic in steps (rollout.canary). "
                      "BlueGreen brings the new version up in full behind a preview Service and switches to it "
-                     "(rollout.blueGreen). Canary and BlueGreen are not served yet and are refused."))
+                     "(rollout.blueGreen); both run two Deployments, and neither is served with autoscaling yet."))
     max_surge: IntOrPercent = Field(
         1, description=("Extra pods during a rolling update (needs spare GPUs); for Canary, also how far above the "
                         "desired count a step may go while it moves pods."),
@@ -585,14 +585,20 @@ class MonitoringSpec(ApiModel):
     interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
 
 
-# The API knows Canary and BlueGreen (rollout.canary, blueGreen, analysis, promote, abort), and canary.py decides
-# their steps, but the reconciler does not run them yet: refused rather than silently run as a rolling update.
-# The session that wires them into the reconciler removes this rule (and its line in ModelDeploymentSpec.rules).
-STRATEGIES_NOT_SERVED_YET = Rule(
-    cel="!has(self.rollout) || !has(self.rollout.strategy) || self.rollout.strategy == 'RollingUpdate'",
-    message=("rollout.strategy: Canary and BlueGreen are not served yet (the operator does not run them); "
-             "use RollingUpdate"),
-    holds=lambda s: s.rollout.strategy == "RollingUpdate")
+# Canary (by replica ratio) and BlueGreen are served. Two of their forms are not yet, and are refused rather than
+# run as something else: an HPA deciding the total (it would scale only one of the two Deployments), and a Gateway
+# API route (the operator does not patch HTTPRoutes yet).
+AUTOSCALING_NOT_WITH_PROGRESSIVE = Rule(
+    cel="!has(self.autoscaling) || !has(self.rollout) || !has(self.rollout.strategy) || "
+        "self.rollout.strategy == 'RollingUpdate'",
+    message=("autoscaling with rollout.strategy Canary or BlueGreen is not served yet (the HPA would scale only one "
+             "of the two Deployments); use spec.replicas, or RollingUpdate with autoscaling"),
+    holds=lambda s: s.autoscaling is None or s.rollout.strategy == "RollingUpdate")
+TRAFFIC_ROUTING_NOT_SERVED_YET = Rule(
+    cel="!has(self.rollout) || !has(self.rollout.canary) || !has(self.rollout.canary.trafficRouting)",
+    message=("rollout.canary.trafficRouting (Gateway API) is not served yet; leave it out and the canary's weight "
+             "is reached by replica ratio behind the one Service"),
+    holds=lambda s: s.rollout.canary is None or s.rollout.canary.traffic_routing is None)
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -612,7 +618,8 @@ class ModelDeploymentSpec(ApiModel):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Prometheus integration.")
 
     rules = (
-        STRATEGIES_NOT_SERVED_YET,
+        AUTOSCALING_NOT_WITH_PROGRESSIVE,
+        TRAFFIC_ROUTING_NOT_SERVED_YET,
         Rule(cel=("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilization) || "
                   "(has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"),
              message="autoscaling.targetCPUUtilization needs resources.requests.cpu (utilization is a share of it)",
@@ -672,6 +679,11 @@ ROOT_RULES = (
          message=("metadata.name must be a DNS label (lower-case letters, digits and '-', starting with a letter, "
                   "at most 63 characters): it names the Service"),
          holds=lambda md: re.fullmatch(DNS_LABEL_PATTERN, md.metadata.name) is not None and len(md.metadata.name) <= 63),
+    Rule(cel=("!has(self.spec.rollout) || !has(self.spec.rollout.strategy) || self.spec.rollout.strategy == "
+              f"'RollingUpdate' || size(self.metadata.name) <= {63 - len('-preview')}"),
+         message=(f"metadata.name must be at most {63 - len('-preview')} characters with rollout.strategy Canary or "
+                  "BlueGreen: it also names the second Deployment and the preview Service (<name>-b, <name>-preview)"),
+         holds=lambda md: md.spec.rollout.strategy == "RollingUpdate" or len(md.metadata.name) <= 63 - len("-preview")),
 )
 
 

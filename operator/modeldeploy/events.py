@@ -40,6 +40,8 @@ def events_for(previous: Mapping[str, Any], new: Mapping[str, Any], *, created: 
     if new_current and new_current != old_current:
         events.append(Event("Normal", "RolloutComplete", f"version {new_current} serves on every pod"))
 
+    events.extend(_canary_events(previous.get("rollout") or {}, new.get("rollout") or {}))
+
     old_degraded, new_degraded = _condition(previous, "Degraded"), _condition(new, "Degraded")
     if new_degraded.get("status") == "True" and (old_degraded.get("status") != "True"
                                                  or old_degraded.get("reason") != new_degraded.get("reason")):
@@ -48,4 +50,23 @@ def events_for(previous: Mapping[str, Any], new: Mapping[str, Any], *, created: 
     old_ready, new_ready = _condition(previous, "Ready"), _condition(new, "Ready")
     if new_ready.get("status") == "True" and old_ready.get("status") != "True":
         events.append(Event("Normal", "ModelServing", new_ready.get("message", "")))
+    return events
+
+
+def _canary_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """A Canary or BlueGreen step begun, an analysis passed, a promotion. (An abort is Degraded's Warning.)"""
+    events: list[Event] = []
+    template = new.get("canaryTemplate")
+    if template is None:
+        return events
+    same_rollout = previous.get("canaryTemplate") == template
+    if new.get("phase") in ("Progressing", "Paused") and not (same_rollout and previous.get("step") == new.get("step")):
+        events.append(Event("Normal", "RolloutStep", f"version {new.get('canaryVersion')}, step {new.get('step')} "
+                                                     f"(weight {new.get('weight', 0)}%): {new.get('message', '')}"))
+    analysis, before = new.get("analysis") or {}, previous.get("analysis") or {} if same_rollout else {}
+    if analysis.get("verdict") == "Pass" and analysis.get("checkedAt") != before.get("checkedAt"):
+        events.append(Event("Normal", "AnalysisPassed", f"step {analysis.get('step')}: {analysis.get('message', '')}"))
+    if new.get("stableTemplate") == template and previous.get("stableTemplate") != template:
+        events.append(Event("Normal", "Promoted", f"version {new.get('canaryVersion')} (pod template {template}) "
+                                                  f"is promoted and serves everything"))
     return events

@@ -124,7 +124,8 @@ class Plan:
 
 def plan(desired: dict[str, dict[str, Any] | None], observed: dict[str, dict[str, Any] | None],
          owner_uid: str) -> Plan:
-    """Compare desired children (by kind; None = must not exist) with what the cluster has."""
+    """Compare desired children (by key: the kind, or kube.CHILD_SLOTS' key; None = must not exist) with what the
+    cluster has under the same keys."""
     apply: list[dict[str, Any]] = []
     delete: list[dict[str, Any]] = []
     conflicts: list[str] = []
@@ -133,7 +134,7 @@ def plan(desired: dict[str, dict[str, Any] | None], observed: dict[str, dict[str
         if have is not None and not controlled_by(have, owner_uid):
             if want is not None:
                 meta = have["metadata"]
-                conflicts.append(f"{kind} {meta.get('namespace')}/{meta['name']}")
+                conflicts.append(f"{have.get('kind') or kind} {meta.get('namespace')}/{meta['name']}")
             continue
         if want is None:
             if have is not None:

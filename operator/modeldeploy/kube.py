@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modeldeploy import GROUP, KIND, PLURAL, VERSION
+from modeldeploy import GROUP, KIND, PLURAL, VERSION, naming
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,24 @@ LEASE = Kind("coordination.k8s.io", "v1", "leases", "Lease")  # leader election,
 # Children in apply order (the Deployment first: the others refer to it).
 CHILD_KINDS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, SERVICE_MONITOR)
 KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC, LEASE)}
+
+# Every child a ModelDeployment can have, by key: its kind and the suffix of its name after the object's. The key
+# is the kind, plus the suffix for the second Deployment and the preview Service (Canary and BlueGreen), in apply
+# order (Deployments first: the others refer to them).
+CHILD_SLOTS: dict[str, tuple[Kind, str]] = {
+    "Deployment": (DEPLOYMENT, ""),
+    f"Deployment{naming.SECOND_SLOT}": (DEPLOYMENT, naming.SECOND_SLOT),
+    "Service": (SERVICE, ""),
+    f"Service{naming.PREVIEW_SUFFIX}": (SERVICE, naming.PREVIEW_SUFFIX),
+    "HorizontalPodAutoscaler": (HPA, ""),
+    "PodDisruptionBudget": (PDB, ""),
+    "ServiceMonitor": (SERVICE_MONITOR, ""),
+}
+
+
+def child_key(child: dict[str, Any], owner: str) -> str:
+    """The CHILD_SLOTS key of a child of the object named `owner`."""
+    return child["kind"] + child["metadata"]["name"][len(owner):]
 
 
 class ApiError(Exception):

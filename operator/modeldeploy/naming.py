@@ -25,6 +25,16 @@ PREFIX = GROUP  # annotations and kopf bookkeeping live under modeldeploy.dev/
 # On the pod template, so on every pod: the fingerprint of the template that made it. The
 # rollout tells the pods of a new template from the old ones by it, even when only the image changed.
 POD_TEMPLATE_ANNOTATION = f"{PREFIX}/pod-template"
+# Canary and BlueGreen: the same fingerprint as a label, so a Service can select one template's pods.
+POD_TEMPLATE_LABEL = POD_TEMPLATE_ANNOTATION
+
+# Canary and BlueGreen run two Deployments, `<name>` and `<name>-b`, whose stable and canary roles swap at each
+# promotion (the canary's pods become the stable ones, none restarted). The second one's pods carry this label,
+# which its (immutable) selector requires; the first one's selector is the object's own, as before.
+SECOND_SLOT = "-b"
+SLOT_LABEL = f"{PREFIX}/slot"
+# BlueGreen: the Service that selects the preview (the target's pods) while one is up.
+PREVIEW_SUFFIX = "-preview"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -47,9 +57,15 @@ def object_labels(name: str, model_version: str) -> dict[str, str]:
     }
 
 
-def child_metadata(name: str, namespace: str, model_version: str, **extra: object) -> dict[str, object]:
-    """metadata of a child: named like its ModelDeployment, with the recommended labels."""
-    return {"name": name, "namespace": namespace, "labels": object_labels(name, model_version), **extra}
+def child_metadata(name: str, namespace: str, model_version: str, *, suffix: str = "",
+                   **extra: object) -> dict[str, object]:
+    """metadata of a child: named like its ModelDeployment (plus `suffix`), with the recommended labels."""
+    return {"name": name + suffix, "namespace": namespace, "labels": object_labels(name, model_version), **extra}
+
+
+def slot_labels(suffix: str) -> dict[str, str]:
+    """The labels that tell the second Deployment's pods from the first's ({} for the first)."""
+    return {SLOT_LABEL: suffix.lstrip("-")} if suffix else {}
 
 
 def owner_of(labels: dict[str, str] | None) -> str | None:

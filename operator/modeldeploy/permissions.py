@@ -41,10 +41,12 @@ NAMESPACED: tuple[Permission, ...] = (
        "children's ownerReferences set blockOwnerDeletion: true, which the OwnerReferencesPermissionEnforcement "
        "admission plugin (OpenShift, hardened clusters) allows only to a writer that may update the owner's "
        "finalizers; the operator never writes finalizers"),
-    _p("apps", "deployments", "get list watch patch create",
-       "server-side apply of the Triton Deployment (create: the apply that first makes it); watch it"),
-    _p("", "services", "get list watch patch create",
-       "server-side apply of the Service (create: the apply that first makes it); watch it"),
+    _p("apps", "deployments", "get list watch patch create delete",
+       "server-side apply of the Triton Deployments (create: the apply that first makes one); watch them; delete "
+       "Canary's and BlueGreen's second one once no rollout needs it"),
+    _p("", "services", "get list watch patch create delete",
+       "server-side apply of the Service (create: the apply that first makes it); watch it; delete BlueGreen's "
+       "preview Service once the preview is over"),
     _p("autoscaling", "horizontalpodautoscalers", "get list watch patch create delete",
        "server-side apply of the HPA (create: the apply that first makes it); delete it when autoscaling is removed"),
     _p("policy", "poddisruptionbudgets", "get list watch patch create delete",

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from modeldeploy import naming, rollout
+from modeldeploy import naming, progressive, rollout
+from modeldeploy.analysis import Sample, aggregate, side_deltas, verdict
+from modeldeploy.canary import Scrape
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.events import Event, events_for
 from modeldeploy.intent import Plan, plan, replicas_intent
 from modeldeploy.kube import (
-    CHILD_KINDS,
+    CHILD_SLOTS,
     KIND_BY_NAME,
     MODEL_DEPLOYMENT,
     POD,
@@ -28,13 +31,13 @@ from modeldeploy.kube import (
     ApiError,
     Cluster,
     Kind,
+    child_key,
 )
-from modeldeploy.render import render_children
 from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import pvc_claim
 from modeldeploy.pods import Problem, container_id, is_ready, is_running, is_terminating, pod_version
 from modeldeploy.status import STALLED_REASONS, Observed, derive_status, invalid_status
-from modeldeploy.triton_flags import HTTP_PORT
+from modeldeploy.triton_flags import HTTP_PORT, METRICS_PORT
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 # this long, doubling while nothing changes, up to the cap. Changes themselves arrive as watch events.
 POLL_FIRST_SECONDS = 3.0
 POLL_MAX_SECONDS = 60.0
+
+# A step's own deadline (a pause, an analysis interval) is looked at no sooner than this after a reconcile.
+MIN_STEP_REQUEUE_SECONDS = 0.5
 
 # A status write refused because the object changed since this reconcile read it: look again soon.
 CONFLICT_RETRY_SECONDS = 0.1
@@ -56,6 +62,31 @@ def failure_problem(error: BaseException) -> Problem:
         return Problem(error.reason or "ApiError", f"reconcile failed, retrying with backoff: {error}", False)
     return Problem("ReconcileError", f"reconcile failed, retrying with backoff: {type(error).__name__}: {error}",
                    False)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An analysis' first scrape: of the target `template`'s rollout, taken at `started_at` (status' clock)."""
+
+    template: str
+    started_at: str
+    canary: list[Sample]
+    stable: list[Sample]
+
+
+class MetricsScrape(Protocol):
+    ok: bool
+    text: str | None
+    error: str
+
+
+MetricsScraper = Callable[[str, int], Awaitable[MetricsScrape]]
+
+
+async def _scrape_through_triton_boundary(host: str, port: int) -> MetricsScrape:
+    from modeldeploy.triton import scrape_metrics  # noqa: PLC0415 - the triton boundary, loaded only when used
+
+    return await scrape_metrics(host, port)
 
 
 class ModelHealth(Protocol):
@@ -94,9 +125,15 @@ class Outcome:
 class Reconciler:
     def __init__(self, cluster: Cluster, health: ModelHealth, *, triton_port: int = HTTP_PORT,
                  clock: Callable[[], str] = utc_now,
-                 capabilities: ServerCapabilities = ServerCapabilities()) -> None:
+                 capabilities: ServerCapabilities = ServerCapabilities(),
+                 scrape_metrics: MetricsScraper | None = None, metrics_port: int = METRICS_PORT) -> None:
         self.cluster = cluster
         self.health = health
+        self.scrape_metrics = scrape_metrics or _scrape_through_triton_boundary
+        self.metrics_port = metrics_port
+        # Canary analysis baselines by object: the samples an analysis started from (lost with a restart, which
+        # starts the analysis again).
+        self._baselines: dict[tuple[str, str], Baseline] = {}
         # What the API server supports of the optional fields we render; learnt once at startup.
         self.capabilities = capabilities
         self.triton_port = triton_port
@@ -125,9 +162,20 @@ class Reconciler:
                 if not is_terminating(p)]
         outcome = Outcome()
         reports = await self._probe(md, pods, outcome)
-        decision = rollout.decide(md, previous, observed.get("Deployment"), pods, reports, self.clock())
-        desired = render_children(decision.render, replicas=replicas_intent(md, observed.get("Deployment")),
-                                  owner_uid=uid, capabilities=self.capabilities)
+        step: progressive.Step | None = None
+        if progressive.is_progressive(md):
+            step = await self._decide_progressive(md, previous, observed, pods, reports)
+            decision = progressive.rollout_decision(step)
+            desired = progressive.render(step, owner_uid=uid, capabilities=self.capabilities)
+            serving = step.serving_slot
+        else:
+            stable = rollout.stable_template(md, previous.get("rollout") or {})
+            slots = progressive.assign_slots(observed, stable.fingerprint if stable is not None else "")
+            serving = slots.stable
+            decision = rollout.decide(md, previous, observed.get(serving), pods, reports, self.clock())
+            desired = progressive.rolling_update_children(
+                md, decision.render, slots, replicas_intent(md, observed.get(serving)), owner_uid=uid,
+                capabilities=self.capabilities)
         if getattr(self.cluster, "reads_from_cache", False):
             monitor_kind_installed &= await self._confirm_absent(namespace, name, desired, observed)
         side_problems: list[Problem] = []
@@ -146,46 +194,95 @@ class Reconciler:
                                                f"ModelDeployment; rename or delete it (modeldeploy never overwrites it)")
         if problem is None:
             problem = await self._dry_run(todo.apply)
-        changes = await self._act(todo, observed, outcome) if problem is None else Changes()
+        changes = await self._act(name, todo, observed, outcome) if problem is None else Changes()
 
-        status = derive_status(md, Observed(deployment=observed.get("Deployment"), pods=pods, reports=reports,
+        status = derive_status(md, Observed(deployment=observed.get(serving), pods=pods, reports=reports,
                                             problem=problem, side_problems=side_problems), previous, self.clock(),
-                               decision)
+                               decision, step.decision if step is not None else None)
         if problem is not None:
             outcome.result = "invalid"
         outcome = await self._finish(obj, previous, status, outcome, changes)
         if decision.recheck_after is not None:
             # Look again when a pod's unhealthy wait would fail the template, not a poll later.
             outcome.requeue_after = min(outcome.requeue_after or POLL_MAX_SECONDS, decision.recheck_after + 1)
+        if step is not None and step.decision.requeue_after is not None:
+            # A pause, an analysis interval, a deadline or a scale-down delay ends: no watch event says so.
+            outcome.requeue_after = min(outcome.requeue_after or POLL_MAX_SECONDS,
+                                        max(step.decision.requeue_after, MIN_STEP_REQUEUE_SECONDS))
         return outcome
 
-    async def _act(self, todo: Plan, observed: dict[str, Any], outcome: Outcome) -> Changes:
+    async def _decide_progressive(self, md: Any, previous: dict[str, Any], observed: dict[str, Any],
+                                  pods: list[dict[str, Any]], reports: dict[str, Any]) -> progressive.Step:
+        """The step machine's decision, with the analysis scrapes it asks for taken through the triton boundary:
+        the baseline is kept here (in memory, per object), the verdict is taken against it and decided again
+        with (at the same `now`)."""
+        now = self.clock()
+        key = (md.namespace, md.name)
+        held = self._baselines.get(key)
+        target = rollout.template_of(md).fingerprint
+        baseline_at = held.started_at if held is not None and held.template == target else None
+        step = progressive.decide(md, previous, observed, pods, reports, now, baseline_at=baseline_at)
+        scrape = step.decision.scrape
+        if scrape is Scrape.BASELINE and step.decision.state is not None and step.decision.state.analysis:
+            canary_pods, stable_pods = step.scrape_sides(pods)
+            self._baselines[key] = Baseline(target, step.decision.state.analysis.started_at or now,
+                                            await self._sample(canary_pods), await self._sample(stable_pods))
+        elif scrape is Scrape.VERDICT and held is not None and baseline_at is not None and step.stable is not None:
+            canary_pods, stable_pods = step.scrape_sides(pods)
+            thresholds = md.spec.rollout.analysis_or_default.thresholds()
+            canary_side = aggregate(side_deltas(held.canary, await self._sample(canary_pods), md.model_name,
+                                                step.target.version))
+            stable_side = aggregate(side_deltas(held.stable, await self._sample(stable_pods), md.model_name,
+                                                step.stable.version))
+            step = progressive.decide(md, previous, observed, pods, reports, now, baseline_at=baseline_at,
+                                      verdict=verdict(canary_side, stable_side, thresholds))
+        if step.decision.state is None or step.decision.promote:
+            self._baselines.pop(key, None)
+        return step
+
+    async def _sample(self, pods: list[dict[str, Any]]) -> list[Sample]:
+        """One scrape of Triton's metrics on each running pod; a pod that does not answer is left out (it then
+        has no interval, and the analysis judges the others)."""
+        running = [p for p in pods if is_running(p)]
+        scrapes = await asyncio.gather(*(self.scrape_metrics(p["status"]["podIP"], self.metrics_port)
+                                         for p in running))
+        taken = time.monotonic()
+        samples = []
+        for pod, scraped in zip(running, scrapes):
+            if scraped.ok:
+                samples.append(Sample.from_text(pod["metadata"]["name"], taken, scraped.text))
+            else:
+                log.info("analysis of %s: %s", pod["metadata"]["name"], scraped.error)
+        return samples
+
+    async def _act(self, owner: str, todo: Plan, observed: dict[str, Any], outcome: Outcome) -> Changes:
         """Apply and delete as planned; `observed` then holds what the API server stored."""
         changes = Changes()
         for child in todo.apply:
             stored = await self.cluster.apply(child)
-            (changes.updated if observed.get(child["kind"]) is not None else changes.created).append(stored)
-            observed[child["kind"]] = stored
+            key = child_key(child, owner)
+            (changes.updated if observed.get(key) is not None else changes.created).append(stored)
+            observed[key] = stored
             outcome.applied.append(child["kind"])
         for child in todo.delete:
             meta = child["metadata"]
             await self.cluster.delete(KIND_BY_NAME[child["kind"]], meta["namespace"], meta["name"], uid=meta["uid"])
-            observed[child["kind"]] = None
+            observed[child_key(child, owner)] = None
             changes.deleted.append(child)
             outcome.deleted.append(child["kind"])
         return changes
 
     async def _observe_children(self, namespace: str, name: str) -> tuple[dict[str, Any], bool]:
-        """Each child kind's object of this name (or None), and whether the ServiceMonitor kind exists."""
-        async def one(kind: Kind) -> Any:
+        """Each child (by CHILD_SLOTS key) of this object (or None), and whether the ServiceMonitor kind exists."""
+        async def one(kind: Kind, suffix: str) -> Any:
             try:
-                return await self.cluster.get(kind, namespace, name)
+                return await self.cluster.get(kind, namespace, name + suffix)
             except ApiError as error:
                 if error.not_found and kind is SERVICE_MONITOR:
                     return _KIND_MISSING
                 raise
 
-        found = dict(zip((k.kind for k in CHILD_KINDS), await asyncio.gather(*(one(k) for k in CHILD_KINDS))))
+        found = dict(zip(CHILD_SLOTS, await asyncio.gather(*(one(*slot) for slot in CHILD_SLOTS.values()))))
         monitor_kind_installed = found["ServiceMonitor"] is not _KIND_MISSING
         if not monitor_kind_installed:
             found["ServiceMonitor"] = None
@@ -197,11 +294,11 @@ class Reconciler:
         else's object of that name lacks our label, so our watches never see it, and creating over it
         must stay a ChildConflict. (Creates are rare; a steady state has nothing to create.)
         Returns False when this finds the ServiceMonitor kind uninstalled since the cache last listed it."""
-        for kind_name, want in desired.items():
-            if want is not None and observed.get(kind_name) is None:
-                kind = KIND_BY_NAME[kind_name]
+        for key, want in desired.items():
+            if want is not None and observed.get(key) is None:
+                kind, suffix = CHILD_SLOTS[key]
                 try:
-                    observed[kind_name] = await self.cluster.get(kind, namespace, name, fresh=True)
+                    observed[key] = await self.cluster.get(kind, namespace, name + suffix, fresh=True)
                 except ApiError as error:
                     if error.not_found and kind is SERVICE_MONITOR:
                         return False
@@ -252,6 +349,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._poll.pop((namespace, name), None)
+        self._baselines.pop((namespace, name), None)
         if self._pods.pop((namespace, name), None) is not None:
             self.health.retain(set().union(*self._pods.values()))
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy import naming, rollout
+from modeldeploy import canary, naming, rollout
 from modeldeploy.api import (
     CONDITION_TYPES,
     Condition,
@@ -44,7 +44,12 @@ from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
 # Degraded reasons that will not clear without a change by a person: kstatus's Stalled.
 STALLED_REASONS = frozenset({"InvalidSpec", "ChildConflict", "SecretNotFound", "PVCNotFound", "Forbidden",
                              "RolledBack", "RolloutFailed", "ProgressDeadlineExceeded", "ModelLoadFailed",
-                             "ModelNotFound", "VersionNotLoaded"})
+                             "ModelNotFound", "VersionNotLoaded", canary.ANALYSIS_FAILED,
+                             canary.ANALYSIS_INCONCLUSIVE, canary.CANARY_FAILED, canary.ABORTED_BY_SPEC})
+
+# The step machine's fields in status.rollout (State.to_status), kept after a promotion as the record of the
+# rollout that made the stable version.
+CANARY_FIELDS = ("canaryTemplate", "canaryVersion", "step", "stepStartedAt", "weight", "analysis")
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,29 @@ def _of_template(pods: Sequence[Mapping[str, Any]], fingerprint: str) -> list[Ma
     return [p for p in pods if pod_template(p) == fingerprint] if fingerprint else list(pods)
 
 
+def _progressive_conditions(step: canary.Decision, strategy: str, ready: tuple[bool, str, str],
+                            phase: rollout.Phase, degraded: Problem | None) -> tuple[tuple[bool, str, str], rollout.Phase,
+                                                                                     Problem | None]:
+    """Ready, the phase (Progressing) and Degraded while a Canary or BlueGreen rollout is under way or aborted:
+    the stable version serves (Available, ModelReady speak of it), the target does not serve everywhere yet."""
+    if step.state is None or step.promote:
+        return ready, phase, degraded  # no canary beside the stable version: as any other rollout
+    if step.abort is not None:
+        reason = step.abort.reason
+        return ((False, reason, step.message), rollout.Phase(step.phase, False, reason, step.message),
+                Problem(reason, step.message, False))
+    paused = step.phase == canary.PAUSED
+    reason = "RolloutPaused" if paused else "RolloutInProgress"
+    return ((False, reason, step.message), rollout.Phase(step.phase, True, "RolloutPaused" if paused else strategy,
+                                                         step.message), degraded)
+
+
 def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str, Any], now: str,
-                  decision: RolloutDecision | None = None) -> dict[str, Any]:
+                  decision: RolloutDecision | None = None,
+                  progressive_step: canary.Decision | None = None) -> dict[str, Any]:
     """The whole status block for md, given what was observed (after this reconcile's changes) and
-    the rollout decision it acted on (decided from the same observation when not given)."""
+    the rollout decision it acted on (decided from the same observation when not given); with Canary and
+    BlueGreen, also the step machine's decision."""
     target = md.spec.model.version
     deployment = observed.deployment
     pods = [p for p in observed.pods if not is_terminating(p)]
@@ -182,6 +206,9 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
                               observed.problem.message)
     else:
         phase = rollout.phase(decision, deployment)
+    if progressive_step is not None:
+        ready, phase, degraded = _progressive_conditions(progressive_step, md.spec.rollout.strategy, ready, phase,
+                                                         degraded)
     progressing = ("True" if phase.progressing else "False", phase.reason, phase.message)
 
     generation = md.metadata.generation
@@ -238,8 +265,21 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
                             metrics=f"http://{host}:{METRICS_PORT}/metrics"),
         model=_served_model(md, ready_reports),
     ).wire()
+    if progressive_step is not None:
+        status["rollout"].update(_canary_fields(progressive_step, previous.get("rollout") or {}, stable))
     status["conditions"] = _merge_conditions(previous.get("conditions") or [], fresh, now)
     return status
+
+
+def _canary_fields(step: canary.Decision, previous: Mapping[str, Any],
+                   stable: rollout.PodTemplate | None) -> dict[str, Any]:
+    """status.rollout's step machine fields: the decision's state, or, once settled, those of the rollout that
+    made the stable version (so its last analysis stays visible)."""
+    if step.state is not None:
+        return {"phase": step.phase, "message": step.message, **step.state.to_status()}
+    if stable is not None and previous.get("canaryTemplate") == stable.fingerprint:
+        return {key: previous[key] for key in CANARY_FIELDS if key in previous}
+    return {}
 
 
 def invalid_status(generation: int | None, name: str, problem: Problem, previous: Mapping[str, Any],

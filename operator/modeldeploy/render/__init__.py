@@ -7,7 +7,7 @@ from typing import Any
 from modeldeploy import naming
 from modeldeploy.api import ModelDeployment
 from modeldeploy.render.capabilities import ServerCapabilities
-from modeldeploy.render.deployment import render_deployment
+from modeldeploy.render.deployment import pod_template_fingerprint, render_deployment
 from modeldeploy.render.scaling import render_hpa, render_pdb
 from modeldeploy.render.service import render_service, render_service_monitor
 
@@ -20,16 +20,21 @@ def default_replicas(md: ModelDeployment) -> int:
 
 
 def render_children(md: ModelDeployment, *, replicas: int | None = None, owner_uid: str | None = None,
-                    capabilities: ServerCapabilities = ServerCapabilities()) -> dict[str, dict[str, Any] | None]:
+                    capabilities: ServerCapabilities = ServerCapabilities(),
+                    slot: str = "") -> dict[str, dict[str, Any] | None]:
     """Every child by kind; None marks a kind that must not exist (e.g. HPA with autoscaling off).
 
     `replicas` None with autoscaling on leaves the count to the HPA; offline callers pass
     default_replicas(md). Optional fields the API server lacks (`capabilities`) are left out.
+    `slot`: the Deployment is the second one (`<name>-b`), where a Canary or BlueGreen rollout left the
+    stable version; the HPA scales it. Canary and BlueGreen label the pods with their template.
     """
+    progressive = md.spec.rollout.strategy != "RollingUpdate"
     children: dict[str, dict[str, Any] | None] = {
-        "Deployment": render_deployment(md, replicas=replicas),
-        "Service": render_service(md),
-        "HorizontalPodAutoscaler": render_hpa(md),
+        "Deployment": render_deployment(md, replicas=replicas, slot=slot, template_label=progressive),
+        "Service": render_service(md, template=pod_template_fingerprint(md))
+        if md.spec.rollout.strategy == "BlueGreen" else render_service(md),
+        "HorizontalPodAutoscaler": render_hpa(md, deployment=md.name + slot),
         "PodDisruptionBudget": render_pdb(md, capabilities),
         "ServiceMonitor": render_service_monitor(md),
     }

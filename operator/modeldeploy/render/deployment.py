@@ -34,6 +34,10 @@ PIN_SCRIPT = Path(pin_version.__file__).read_text(encoding="utf-8")
 PIN_LOADED_CONTAINER = "pin-loaded"
 PIN_LOADED_SCRIPT = Path(pin_loaded.__file__).read_text(encoding="utf-8")
 TRITON_UID = 1000  # the triton-server user of NVIDIA's images
+# A pod being deleted keeps serving this long before Triton gets SIGTERM: its endpoint is taken out of every
+# Service (EndpointSlices, kube-proxy or a mesh) meanwhile, so no new connection reaches a server that has
+# stopped accepting them (a scale-down, a rollout, a canary step or an abort would otherwise reset some).
+DRAIN_SECONDS = 5
 MODELS_MOUNT = "/models"
 ARCHIVE_REPOSITORY = f"{MODELS_MOUNT}/repository"
 GCS_CREDENTIALS_DIR = "/var/run/secrets/modeldeploy/gcs"
@@ -276,8 +280,13 @@ def _fingerprint(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str, Any]:
-    """The Deployment. `replicas` None leaves the count to whoever owns it (the HPA)."""
+def render_deployment(md: ModelDeployment, *, replicas: int | None, slot: str = "",
+                      template_label: bool = False) -> dict[str, Any]:
+    """The Deployment. `replicas` None leaves the count to whoever owns it (the HPA).
+
+    `slot` is the name suffix of Canary's and BlueGreen's second Deployment ("" for the first), and
+    `template_label` puts the pod template's fingerprint on the pods as a label, for Services that select one
+    template. Neither changes the fingerprint: a template is the same whichever Deployment runs it."""
     spec = md.spec
     version = spec.model.version
     labels = naming.object_labels(md.name, version)
@@ -299,6 +308,7 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
         "env": [*_pod_uid_env(), *env],
         **({"envFrom": env_from} if env_from else {}),
         **_probes(md),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}},
         "resources": _resources(md),
         "securityContext": _restricted_container_security(),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *model_mounts, *secret_mounts],
@@ -313,8 +323,8 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
             "fsGroup": TRITON_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # Longer than Triton's own exit timeout, so in-flight requests finish before SIGKILL.
-        "terminationGracePeriodSeconds": EXIT_TIMEOUT_SECONDS + 15,
+        # The drain, then Triton's own exit timeout, so in-flight requests finish before SIGKILL.
+        "terminationGracePeriodSeconds": DRAIN_SECONDS + EXIT_TIMEOUT_SECONDS + 15,
         **({"initContainers": init_containers} if init_containers else {}),
         "containers": [container, *_sidecars(md)],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
@@ -345,7 +355,13 @@ def render_deployment(md: ModelDeployment, *, replicas: int | None) -> dict[str,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     })
     template = deployment_spec["template"]
-    template["metadata"]["annotations"] = {naming.POD_TEMPLATE_ANNOTATION: _fingerprint(template)}
+    fingerprint = _fingerprint(template)
+    template["metadata"]["annotations"] = {naming.POD_TEMPLATE_ANNOTATION: fingerprint}
+    if template_label:
+        labels[naming.POD_TEMPLATE_LABEL] = fingerprint
+    if slot:
+        labels.update(naming.slot_labels(slot))
+        deployment_spec["selector"] = {"matchLabels": {**naming.selector_labels(md.name), **naming.slot_labels(slot)}}
     return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": naming.child_metadata(md.name, md.namespace, version),
+            "metadata": naming.child_metadata(md.name, md.namespace, version, suffix=slot),
             "spec": deployment_spec}

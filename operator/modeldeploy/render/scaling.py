@@ -12,7 +12,8 @@ from modeldeploy.render.capabilities import ServerCapabilities
 QUEUE_TIME_METRIC = "nv_inference_queue_duration_us"
 
 
-def render_hpa(md: ModelDeployment) -> dict[str, Any] | None:
+def render_hpa(md: ModelDeployment, *, deployment: str = "") -> dict[str, Any] | None:
+    """The HPA, scaling the Deployment named `deployment` (default the object's own name)."""
     scaling = md.spec.autoscaling
     if scaling is None:
         return None
@@ -26,7 +27,7 @@ def render_hpa(md: ModelDeployment) -> dict[str, Any] | None:
             "target": {"type": "AverageValue", "averageValue": str(scaling.target_queue_time_microseconds)}}})
     metrics.extend(scaling.metrics)
     spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": md.name},
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment or md.name},
         "minReplicas": scaling.min_replicas,
         "maxReplicas": scaling.max_replicas,
         "metrics": metrics,

@@ -9,15 +9,20 @@ from modeldeploy.api import ModelDeployment
 from modeldeploy.triton_flags import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 
-def render_service(md: ModelDeployment) -> dict[str, Any]:
+def render_service(md: ModelDeployment, *, suffix: str = "", template: str = "") -> dict[str, Any]:
+    """The Service `<name><suffix>`: every pod of the object, or only those of one pod `template` (BlueGreen's
+    active and preview Services)."""
     annotations = dict(sorted(md.spec.service.annotations.items()))
+    selector = naming.selector_labels(md.name)
+    if template:
+        selector[naming.POD_TEMPLATE_LABEL] = template
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version,
+        "metadata": naming.child_metadata(md.name, md.namespace, md.spec.model.version, suffix=suffix,
                                           **({"annotations": annotations} if annotations else {})),
         "spec": {
             "type": md.spec.service.type,
-            "selector": naming.selector_labels(md.name),
+            "selector": selector,
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
