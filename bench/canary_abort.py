@@ -5,7 +5,7 @@
 Needs the project's e2e cluster (`e2e/env/cluster up`, as root, then `source <(e2e/env/cluster env)`). The
 operator is installed as users install it (the chart, two replicas, its RBAC). Each run, in a namespace of its
 own: `simple` version 1 on 4 pods with a Canary of `setWeight 25` → `analysis {intervalSeconds}` →
-`setWeight 50`, inference traffic through the Service (e2e/traffic.py, two clients, a new connection per
+`setWeight 50` → analysis (e2e/test_progressive.py's), inference traffic through the Service (e2e/traffic.py, two clients, a new connection per
 request), then version 3, whose `execute` fails every fifth call. Measured, by polling every 0.2 s:
 
 - live: the canary's pod is Ready (from then on the Service sends it a share of the traffic);
@@ -33,11 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
 
-from e2e.conftest import (OPERATOR_IMAGE, apply, delete_namespace, install_operator,  # noqa: E402
-                          kubectl, kubectl_wait_ready)
-from e2e.test_progressive import (canary_md, cluster_ip, progressive_store, ready_pods_by_version,  # noqa: E402
-                                  rollout_status, serving_traffic, set_version)
-from e2e.traffic import Load, failures  # noqa: E402
+from e2e.conftest import OPERATOR_IMAGE, delete_namespace, install_operator, kubectl  # noqa: E402
+from e2e.test_progressive import canary_under_load, ready_pods_by_version, rollout_status  # noqa: E402
+from e2e.traffic import failures  # noqa: E402
 
 POLL_SECONDS = 0.2
 
@@ -55,13 +53,7 @@ def one_run(interval: int) -> dict[str, Any]:
     namespace = f"md-bench-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", namespace)
     try:
-        progressive_store(namespace)
-        steps = [{"setWeight": 25}, {"analysis": {"intervalSeconds": interval}}, {"setWeight": 50}]
-        apply(canary_md(namespace, 4, steps))
-        kubectl_wait_ready(namespace, "simple", timeout=240)
-        with Load(cluster_ip(namespace, "simple")) as load:
-            serving_traffic(load)
-            set_version(namespace, "3")
+        with canary_under_load(namespace, "3", {"intervalSeconds": interval}) as (_, load):
             live = wait("the canary's pod Ready", lambda: ready_pods_by_version(namespace).get("3"), 240)
             aborted = wait("the abort", lambda: rollout_status(namespace).get("phase") == "Aborted", 240)
             drained = wait("the canary's pods out of the Service",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from e2e.conftest import (E2E_STATE, apply, condition, get_json, kubectl, kubectl_wait_ready, model_deployment,
@@ -101,15 +103,23 @@ def canary_md(namespace: str, replicas: int, steps: list[dict], rollout: dict | 
                             rollout={"strategy": "Canary", "canary": {"steps": steps}, **(rollout or {})}, **spec)
 
 
-def test_a_good_canary_is_promoted_through_its_steps_with_the_split_by_pods(namespace):
+@contextmanager
+def canary_under_load(namespace: str, version: str, analysis: dict = ANALYSIS) -> Iterator[tuple[TritonCounts, Load]]:
+    """`simple` version 1 on 4 pods with a Canary of setWeight 25, analysis, setWeight 50, analysis; traffic
+    through the Service (and every pod's Triton counters watched); then the spec asks for `version`."""
     progressive_store(namespace)
-    steps = [{"setWeight": 25}, {"analysis": ANALYSIS}, {"setWeight": 50}, {"analysis": ANALYSIS}]
+    steps = [{"setWeight": 25}, {"analysis": analysis}, {"setWeight": 50}, {"analysis": analysis}]
     apply(canary_md(namespace, 4, steps))
     kubectl_wait_ready(namespace, "simple", timeout=180)
     with TritonCounts(lambda: pods_of(namespace, "simple")) as counts, \
             Load(cluster_ip(namespace, "simple")) as load:
         serving_traffic(load)
-        set_version(namespace, "2")
+        set_version(namespace, version)
+        yield counts, load
+
+
+def test_a_good_canary_is_promoted_through_its_steps_with_the_split_by_pods(namespace):
+    with canary_under_load(namespace, "2") as (counts, load):
         for analysis_step, weight in ((1, 25), (3, 50)):
             # The setWeight step before this analysis is done: the pods are at the split. Measure the traffic
             # over part of the analysis interval from Triton's counters on every pod.
@@ -144,14 +154,7 @@ def test_a_good_canary_is_promoted_through_its_steps_with_the_split_by_pods(name
 
 
 def test_a_version_failing_a_fifth_of_its_requests_is_aborted_at_the_first_analysis(namespace):
-    progressive_store(namespace)
-    steps = [{"setWeight": 25}, {"analysis": ANALYSIS}, {"setWeight": 50}, {"analysis": ANALYSIS}]
-    apply(canary_md(namespace, 4, steps))
-    kubectl_wait_ready(namespace, "simple", timeout=180)
-    with TritonCounts(lambda: pods_of(namespace, "simple")) as counts, \
-            Load(cluster_ip(namespace, "simple")) as load:
-        serving_traffic(load)
-        set_version(namespace, "3")
+    with canary_under_load(namespace, "3") as (counts, load):
         live = wait_for("the bad canary to go live", lambda: ready_pods_by_version(namespace).get("3"),
                         timeout=STEP_TIMEOUT)
         went_live = load.now()

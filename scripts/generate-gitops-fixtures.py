@@ -343,7 +343,8 @@ def _canary_world(canary_pods: int, *, verdict: Verdict | None = None, baseline_
     answers = reports([*stable, *canary], lambda _: loaded())
     step = progressive.decide(md, previous, children, [*stable, *canary], answers, now, baseline_at=baseline_at,
                               verdict=verdict)
-    world = Observed(deployment=children[step.serving_slot], pods=[*stable, *canary], reports=answers)
+    world = Observed(deployment=children[step.serving_slot], pods=[*stable, *canary], reports=answers,
+                     other_deployment=children[step.beside_slot])
     return obj, derive_status(md, world, previous, now, progressive.rollout_decision(step), step.decision)
 
 
@@ -454,7 +455,7 @@ SCENARIOS: tuple[Scenario, ...] = (
                     "pod of version 7 cannot load it (08:05)"),
     Scenario("canary-analysing", "Canary 3 -> 4: one of 4 pods runs 4 (weight 25%), and its analysis against "
              "version 3 is under way.",
-             _canary_analysing, ("Progressing", "Canary: steps[1] (analysis): analysing for 60 s"), "InProgress",
+             _canary_analysing, ("Progressing", "Canary: steps[1] (analysis): analysing until 2026-11-23T08:06:00Z"), "InProgress",
              source="its status is what derive_status gives with the step machine's decision (progressive.decide) "
                     "at 08:05 after the canary-ready world at 08:00"),
     Scenario("canary-paused", "Canary 3 -> 4: the analysis passed; the rollout waits at a pause for "

@@ -490,7 +490,9 @@ def _analyse(ctx: _Context, state: State, step: AnalysisStep, label: str) -> Sta
     if record is None or record.started_at is None or ctx.observed.baseline_at != record.started_at:
         # No baseline yet, or the one held is gone (the operator restarted): start measuring now.
         started = replace(state, analysis=AnalysisRecord(state.step, ctx.now))
-        return _Wait(started, f"{label}: analysing for {interval} s", scrape=Scrape.BASELINE, requeue_after=interval)
+        # Messages name when a wait ends, not how long is left: status then changes only when something does.
+        return _Wait(started, f"{label}: analysing until {_later(ctx.now, interval)}", scrape=Scrape.BASELINE,
+                     requeue_after=interval)
     timeout = settings.inconclusive_timeout_seconds
     elapsed = _elapsed(ctx, state)
     due = _later(record.started_at, interval)
@@ -503,7 +505,7 @@ def _analyse(ctx: _Context, state: State, step: AnalysisStep, label: str) -> Sta
                                                                    f"{int(elapsed)} s: {record.message}"))
         left = _seconds(ctx.now, due)
         last = f" (last verdict: {record.verdict})" if record.verdict else ""
-        return _Wait(state, f"{label}: analysing, verdict in {math.ceil(left)} s{last}",
+        return _Wait(state, f"{label}: analysing until {due}{last}",
                      requeue_after=_soonest(left, timeout - elapsed if inconclusive else None))
     verdict = ctx.observed.verdict
     if verdict is None:
@@ -569,7 +571,8 @@ def _pause(ctx: _Context, state: State, duration: int | None, released: int, lab
         left = duration - _elapsed(ctx, state)
         if left <= 0:
             return state
-        return _Wait(state, f"{label}: {math.ceil(left)} s left at weight {state.weight}", requeue_after=left)
+        return _Wait(state, f"{label}: at weight {state.weight} until {_later(state.step_started_at, duration)}",
+                     requeue_after=left)
     if released >= state.step:
         return state
     return _Wait(state, f"{label}: paused at weight {state.weight} until rollout.promote names this rollout "
@@ -646,7 +649,8 @@ def _blue_green(ctx: _Context, state: State, promote: PromoteSpec | None) -> Dec
     left = delay - _elapsed(ctx, state)
     if left > 0:
         return _blue_green_decision(ctx, _Wait(state, f"{ctx.what} is active; version {ctx.stable.version} keeps its "
-                                                      f"pods for {math.ceil(left)} s more", requeue_after=left))
+                                                      f"pods until {_later(state.step_started_at, delay)}",
+                                               requeue_after=left))
     return Decision(IDLE, f"{ctx.what} is promoted; version {ctx.stable.version} scales down", 0, total, state,
                     None, ctx.target.template, promote=True, problem=ctx.problem)
 

@@ -96,6 +96,11 @@ class Step:
         promotion): the one status speaks of."""
         return self.slots.other if self.decision.promote else self.slots.stable
 
+    @property
+    def beside_slot(self) -> str:
+        """The other Deployment, whose pods status counts beside the serving one's while they run."""
+        return self.slots.stable if self.decision.promote else self.slots.other
+
     def scrape_sides(self, pods: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]],
                                                                          list[Mapping[str, Any]]]:
         """(canary pods, stable pods) an analysis scrapes."""

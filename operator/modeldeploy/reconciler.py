@@ -196,9 +196,10 @@ class Reconciler:
             problem = await self._dry_run(todo.apply)
         changes = await self._act(name, todo, observed, outcome) if problem is None else Changes()
 
+        other = observed.get(step.beside_slot) if step is not None else None
         status = derive_status(md, Observed(deployment=observed.get(serving), pods=pods, reports=reports,
-                                            problem=problem, side_problems=side_problems), previous, self.clock(),
-                               decision, step.decision if step is not None else None)
+                                            problem=problem, side_problems=side_problems, other_deployment=other),
+                               previous, self.clock(), decision, step.decision if step is not None else None)
         if problem is not None:
             outcome.result = "invalid"
         outcome = await self._finish(obj, previous, status, outcome, changes)

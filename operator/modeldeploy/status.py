@@ -59,6 +59,9 @@ class Observed:
     reports: Mapping[str, PodModelReport] = field(default_factory=dict)  # by pod uid
     problem: Problem | None = None  # a blocking problem found before or while applying
     side_problems: Sequence[Problem] = ()  # e.g. ServiceMonitor CRD missing: reported, not blocking
+    # Canary and BlueGreen: the other Deployment (the canary's or the preview's, or the old version's until it
+    # goes), counted in the replica fields beside `deployment`.
+    other_deployment: dict[str, Any] | None = None
 
 
 # --- conditions ----------------------------------------------------------------------------
@@ -242,13 +245,18 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
     ready_reports = [observed.reports[p["metadata"]["uid"]] for p in pods
                      if pod_version(p) == serving and p["metadata"].get("uid") in observed.reports]
     host = naming.service_host(md.name, md.namespace)
+    counted = [d for d in (deployment, observed.other_deployment) if d is not None]
+
+    def total(field: str) -> int:
+        return sum(int(d.get("status", {}).get(field, 0)) for d in counted)
+
     status = ModelDeploymentStatus(
         observed_generation=generation,
-        replicas=dstatus.get("replicas", 0),
-        ready_replicas=ready_replicas,
-        updated_replicas=dstatus.get("updatedReplicas", 0),
-        available_replicas=dstatus.get("availableReplicas", 0),
-        replica_summary=f"{ready_replicas}/{desired}",
+        replicas=total("replicas"),
+        ready_replicas=total("readyReplicas"),
+        updated_replicas=total("updatedReplicas"),
+        available_replicas=total("availableReplicas"),
+        replica_summary=f"{total('readyReplicas')}/{sum(int(d.get('spec', {}).get('replicas', 0)) for d in counted)}",
         selector=naming.selector_string(md.name),
         current_version=current,
         target_version=target,
