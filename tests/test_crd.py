@@ -142,7 +142,7 @@ def test_subresources_names_and_columns():
         "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector"}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Ready", "Model", "Version", "Replicas", "Rollout", "Age"]
+        "Ready", "Model", "Version", "Replicas", "Rollout", "Weight", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     for column in version["additionalPrinterColumns"][1:-1]:
         first = column["jsonPath"].split(".")[2]

@@ -196,6 +196,9 @@ def crd() -> dict[str, Any]:
                     {"name": "Version", "type": "string", "jsonPath": ".status.currentVersion"},
                     {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary"},
                     {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+                    # Canary and BlueGreen only (RollingUpdate has no weight): in `kubectl get -o wide`.
+                    {"name": "Weight", "type": "integer", "jsonPath": ".status.rollout.weight", "priority": 1,
+                     "description": "Percent of traffic on the canary (BlueGreen: 0, then 100 after the switch)."},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
             }],
