@@ -106,7 +106,8 @@ def in_namespace(md: dict[str, Any], made: list[str]) -> str:
 
 def test_every_example_is_covered_here():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(
-        ["autoscaled-with-pdb.yaml", "cpu-python-pvc.yaml", "gpu-onnx-s3.yaml", "mig-slice.yaml"])
+        ["autoscaled-with-pdb.yaml", "canary-pvc.yaml", "cpu-python-pvc.yaml", "gpu-onnx-s3.yaml",
+         "mig-slice.yaml"])
 
 
 def test_cpu_python_pvc_as_written(example_namespaces):
@@ -117,6 +118,21 @@ def test_cpu_python_pvc_as_written(example_namespaces):
     write_model(model_store(namespace, claim, subdir=subdir), model, (int(version),))
     kubectl("apply", "-f", str(EXAMPLES / "cpu-python-pvc.yaml"))
     kubectl_wait_ready(namespace, md["metadata"]["name"], timeout=180)
+
+
+def test_canary_pvc_as_written(example_namespaces):
+    md = load("canary-pvc.yaml")
+    namespace = in_namespace(md, example_namespaces)
+    claim, _, subdir = md["spec"]["model"]["repository"].removeprefix("pvc://").partition("/")
+    model, version = model_of(md)
+    write_model(model_store(namespace, claim, subdir=subdir), model, (int(version),))
+    kubectl("apply", "-f", str(EXAMPLES / "canary-pvc.yaml"))
+    name = md["metadata"]["name"]
+    kubectl_wait_ready(namespace, name, timeout=180)
+    # The first version is deployed whole, on the first of the two Deployments; the Service selects every pod.
+    assert len(pods_of(namespace, name)) == md["spec"]["replicas"]
+    assert get_json("deployment", f"{name}-b", "-n", namespace) is None
+    assert "modeldeploy.dev/pod-template" not in get_json("svc", name, "-n", namespace)["spec"]["selector"]
 
 
 def test_mig_slice_from_a_checked_archive(example_namespaces, archive_server, tmp_path):
