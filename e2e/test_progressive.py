@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from e2e.conftest import (E2E_STATE, apply, condition, get_json, kubectl, kubectl_wait_ready, model_deployment,
                           model_store, pods_of, wait_for)
 from e2e.traffic import Load, TritonCounts, failures, infer_once, triton_counts, versions
@@ -237,3 +239,68 @@ def test_an_unschedulable_canary_shows_at_once_and_aborts_at_the_deadline(namesp
     assert status["abortReason"] == "ProgressDeadlineExceeded" and "nvidia.com/gpu" in status["failureMessage"]
     wait_for("the canary Deployment to go", lambda: get_json("deployment", "simple-b", "-n", namespace) is None)
     assert ready_pods_by_version(namespace) == {"1": 2}
+
+
+# A stand-in for the Gateway API's HTTPRoute CRD: no Gateway implementation runs here, so nothing routes by it,
+# but the kind is real to the API server, and the operator reads and writes routes through it under the chart's
+# RBAC. Its spec is kept as written.
+HTTP_ROUTE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+    "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+             "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes",
+                       "singular": "httproute"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+@pytest.fixture(scope="module")
+def http_route_kind() -> Iterator[None]:
+    installed = get_json("crd", HTTP_ROUTE_CRD["metadata"]["name"]) is None  # never replace a real one
+    if installed:
+        apply(HTTP_ROUTE_CRD)
+        kubectl("wait", "--for=condition=Established", f"crd/{HTTP_ROUTE_CRD['metadata']['name']}", "--timeout=30s")
+    yield
+    if installed:
+        kubectl("delete", "crd", HTTP_ROUTE_CRD["metadata"]["name"], "--wait=false", check=False)
+
+
+def route_refs(namespace: str) -> list[dict]:
+    return get_json("httproute", "simple", "-n", namespace)["spec"]["rules"][0]["backendRefs"]
+
+
+def versions_behind(namespace: str, service: str, n: int = 12) -> set[str | None]:
+    return {infer_once(cluster_ip(namespace, service)).version for _ in range(n)}
+
+
+def test_a_canary_routed_by_a_gateway_api_httproute(namespace, http_route_kind):
+    progressive_store(namespace)
+    apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": "simple", "namespace": namespace},
+           "spec": {"parentRefs": [{"name": "gateway"}],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                               "backendRefs": [{"name": "simple", "port": 8000}]}]}})
+    canary = {"steps": [{"setWeight": 50}, {"pause": {"durationSeconds": 10}}],
+              "trafficRouting": {"gatewayAPI": {"httpRoute": "simple"}}}
+    apply(canary_md(namespace, 2, [], {"canary": canary}))
+    kubectl_wait_ready(namespace, "simple", timeout=180)
+    set_version(namespace, "2")
+    wait_for("the route to give the canary 50", lambda: route_refs(namespace) == [
+        {"name": "simple", "port": 8000, "weight": 50}, {"name": "simple-canary", "port": 8000, "weight": 50}],
+        timeout=STEP_TIMEOUT)
+    # The stable version stays whole behind its Service; the canary's pod is behind its own.
+    assert get_json("deployment", "simple", "-n", namespace)["spec"]["replicas"] == 2
+    assert ready_pods_by_version(namespace) == {"1": 2, "2": 1}
+    assert versions_behind(namespace, "simple") == {"1"}
+    assert versions_behind(namespace, "simple-canary") == {"2"}
+    md = wait_for("the promotion", lambda: (lambda o: o if condition(o, "Ready").get("status") == "True"
+                                            and o["status"].get("currentVersion") == "2" else None)(
+        get_json("md", "simple", "-n", namespace)), timeout=STEP_TIMEOUT)
+    assert md["status"]["rollout"]["stableVersion"] == "2"
+    wait_for("the route back on the one Service", lambda: route_refs(namespace) == [
+        {"name": "simple", "port": 8000, "weight": 100}], timeout=60)
+    wait_for("the canary Service to go", lambda: get_json("svc", "simple-canary", "-n", namespace) is None,
+             timeout=60)
+    assert versions_behind(namespace, "simple") == {"2"}
+    route = get_json("httproute", "simple", "-n", namespace)
+    assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]

@@ -15,7 +15,6 @@ from modeldeploy.analysis import InconclusivePolicy, Thresholds
 from modeldeploy.api import (
     ROOT_RULES,
     AUTOSCALING_NOT_WITH_PROGRESSIVE,
-    TRAFFIC_ROUTING_NOT_SERVED_YET,
     AnalysisSpec,
     ModelDeployment,
     ModelDeploymentSpec,
@@ -68,8 +67,6 @@ BROKEN_RULES = [
      "rollout.promote.throughStep must be the index of one of rollout.canary.steps"),
     ("spec.rollout", {"strategy": "BlueGreen", "promote": {"target": "4"}, "abort": {"target": "4"}},
      "rollout.promote and rollout.abort must not name the same rollout"),
-    ("spec.rollout", {"strategy": "Canary", "canary": {"steps": [{"setWeight": 10}], "trafficRouting": {
-        "gatewayAPI": {"httpRoute": "route"}}}}, "rollout.canary.trafficRouting (Gateway API) is not served yet"),
     ("spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"}, "must not both be 0"),
     ("spec.model", {"repository": "ftp://models/x", "version": "1"}, "model.repository must be s3://"),
     ("spec.model", {"repository": "pvc://Bad_Claim/x", "version": "1"}, "model.repository must be s3://"),
@@ -259,29 +256,15 @@ def test_the_design_note_has_canary_routed_and_blue_green_examples():
     assert strategies == [("Canary", False), ("Canary", True), ("BlueGreen", False)]
 
 
-def _served(doc: dict) -> bool:
-    return "trafficRouting" not in doc["spec"]["rollout"].get("canary", {})
-
-
-@pytest.mark.parametrize("doc", [d for d in _documented_examples() if _served(d)],
-                         ids=lambda d: d["spec"]["rollout"]["strategy"])
+@pytest.mark.parametrize("doc", _documented_examples(), ids=lambda d: d["spec"]["rollout"]["strategy"])
 def test_the_documented_canary_and_blue_green_examples_are_valid(doc):
     md = parse_model_deployment(doc)
     assert md.spec.rollout.strategy == doc["spec"]["rollout"]["strategy"]
     assert failing_cel_messages(_root_schema(), doc) == []
 
 
-def test_gateway_api_routing_is_refused_until_served():
-    """Refused, by the API server and by Python, with the one rule that goes once HTTPRoutes are patched."""
-    (doc,) = [d for d in _documented_examples() if not _served(d)]
-    with pytest.raises(InvalidSpec) as caught:
-        parse_model_deployment(doc)
-    assert caught.value.problems == [f"spec: {TRAFFIC_ROUTING_NOT_SERVED_YET.message}"]
-    assert failing_cel_messages(_root_schema(), doc) == [TRAFFIC_ROUTING_NOT_SERVED_YET.message]
-    without = tuple(r for r in ModelDeploymentSpec.rules if r is not TRAFFIC_ROUTING_NOT_SERVED_YET)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ModelDeploymentSpec, "rules", without)
-        assert parse_model_deployment(doc).spec.rollout.canary.gateway_api.http_route == "resnet50"
+def _served(doc: dict) -> bool:
+    return "trafficRouting" not in doc["spec"]["rollout"].get("canary", {})
 
 
 @pytest.mark.parametrize("strategy", ["Canary", "BlueGreen"])

@@ -361,6 +361,23 @@ async def test_losing_the_race_for_a_lease_is_a_409(server, cluster, method, rea
     assert lost.value.conflict and lost.value.reason == reason
 
 
+async def test_an_httproute_is_replaced_over_the_resource_version_it_was_read_with(server, cluster):
+    path = f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/resnet50"
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "resnet50", "namespace": NS, "resourceVersion": "12"},
+             "spec": {"rules": [{"backendRefs": [{"name": "resnet50", "port": 8000, "weight": 100}]}]}}
+    server.answer("PUT", path, 200, route)
+    assert await cluster.replace_route(route) == route
+    (put,) = server.requests
+    assert (put["method"], put["path"], put["body"]) == ("PUT", path, route)
+    server.answer("PUT", path, 404, status(404, "NotFound", "the server could not find the requested resource"))
+    with pytest.raises(ApiError) as missing:  # the Gateway API's CRD is not installed
+        await cluster.replace_route(route)
+    assert "is its CRD installed?" in missing.value.message
+    with pytest.raises(ValueError):  # never an unconditional replace
+        await cluster.replace_route({**route, "metadata": {"name": "resnet50", "namespace": NS}})
+
+
 async def test_post_event_creates_a_core_event_about_the_object(server, cluster):
     path = f"/api/v1/namespaces/{NS}/events"
     server.answer("POST", path, 201, {"kind": "Event", "apiVersion": "v1", "metadata": {"name": "resnet50.1"}})

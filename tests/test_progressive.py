@@ -15,7 +15,7 @@ import pytest
 
 from modeldeploy import progressive
 from modeldeploy.api import ModelDeployment
-from modeldeploy.kube import DEPLOYMENT, MODEL_DEPLOYMENT, SERVICE
+from modeldeploy.kube import DEPLOYMENT, HTTP_ROUTE, MODEL_DEPLOYMENT, SERVICE
 from modeldeploy.naming import POD_TEMPLATE_LABEL, SLOT_LABEL
 from modeldeploy.reconciler import Reconciler
 from modeldeploy.render.deployment import deployment_template_fingerprint
@@ -340,3 +340,77 @@ async def test_switching_back_to_rolling_update_keeps_the_stable_deployment(fake
         "app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": "simple"}
     await settle_all(fake, reconciler)
     assert condition(fake, "Ready")["status"] == "True"
+
+
+# --- Canary with a Gateway API HTTPRoute ---------------------------------------------------------
+
+ROUTED_STEPS = [{"setWeight": 25}, {"pause": {"durationSeconds": 10}}]
+
+
+def http_route(fake, namespace=NS):
+    return fake.create({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                        "metadata": {"name": "simple-route", "namespace": namespace},
+                        "spec": {"parentRefs": [{"name": "gateway"}], "rules": [
+                            {"backendRefs": [{"name": "simple", "namespace": NS, "port": 8000}]}]}})
+
+
+def route_refs(fake):
+    return fake.get_now(HTTP_ROUTE, NS, "simple-route")["spec"]["rules"][0]["backendRefs"]
+
+
+def routed_object():
+    return md_object(replicas=4, rollout={"strategy": "Canary", "canary": {"steps": ROUTED_STEPS, "trafficRouting": {
+        "gatewayAPI": {"httpRoute": "simple-route"}}}})
+
+
+async def test_a_routed_canary_keeps_stable_whole_and_moves_traffic_by_the_route(fake, reconciler, clock):
+    http_route(fake)
+    await serving_version_1(fake, reconciler, routed_object())
+    fake.reset_counters()
+    await reconciler.reconcile(NS, "simple")
+    assert ("get", "HTTPRoute", NS, "simple-route") not in fake.calls  # settled: the route is not read
+    old = deployment_template_fingerprint(fake.get_now(DEPLOYMENT, NS, "simple"))
+    set_version(fake, "2")
+    await reconciler.reconcile(NS, "simple")
+    # The stable side stays whole; the canary gets enough pods for 25% (1 of 4), and its own Service.
+    assert (replicas(fake, "simple"), replicas(fake, "simple-b")) == (4, 1)
+    new = deployment_template_fingerprint(fake.get_now(DEPLOYMENT, NS, "simple-b"))
+    assert fake.get_now(SERVICE, NS, "simple")["spec"]["selector"][POD_TEMPLATE_LABEL] == old
+    assert fake.get_now(SERVICE, NS, "simple-canary")["spec"]["selector"][POD_TEMPLATE_LABEL] == new
+    assert [r["name"] for r in route_refs(fake)] == ["simple"]  # no canary backend before its pods are Ready
+
+    await settle_all(fake, reconciler)  # Ready: the route gives it 25
+    assert route_refs(fake) == [{"name": "simple", "namespace": NS, "port": 8000, "weight": 75},
+                                {"name": "simple-canary", "namespace": NS, "port": 8000, "weight": 25}]
+    await reconciler.reconcile(NS, "simple")  # the route as read has it: steps[1] pauses
+    status = rollout_status(fake)
+    assert (status["step"], status["weight"]) == (1, 25)
+    assert replicas(fake, "simple") == 4
+
+    clock.advance(10)
+    for _ in range(4):  # promotion: the canary to the full count, the route to it, then the target is stable
+        await settle_all(fake, reconciler)
+    assert rollout_status(fake)["stableVersion"] == "2"
+    for _ in range(4):  # the Service follows the new stable pods, then the route leaves the canary Service
+        await settle_all(fake, reconciler)
+    assert route_refs(fake) == [{"name": "simple", "namespace": NS, "port": 8000, "weight": 100}]
+    assert fake.get_now(SERVICE, NS, "simple")["spec"]["selector"][POD_TEMPLATE_LABEL] == new
+    assert fake.get_now(SERVICE, NS, "simple-canary") is None
+    assert replicas(fake, "simple-b") == 4 and replicas(fake, "simple") is None
+    assert condition(fake, "Ready")["status"] == "True"
+    fake.reset_counters()
+    await reconciler.reconcile(NS, "simple")
+    assert fake.writes == [] and ("get", "HTTPRoute", NS, "simple-route") not in fake.calls
+
+
+async def test_a_routed_canary_without_its_route_says_so_and_waits(fake, reconciler):
+    await serving_version_1(fake, reconciler, routed_object())
+    set_version(fake, "2")
+    await reconciler.reconcile(NS, "simple")
+    await settle_all(fake, reconciler)
+    degraded = condition(fake, "Degraded")
+    assert degraded["reason"] == "HTTPRouteNotFound" and "vision/simple-route" in degraded["message"]
+    assert rollout_status(fake)["step"] == 0
+    fake.uninstall(HTTP_ROUTE)
+    await reconciler.reconcile(NS, "simple")
+    assert condition(fake, "Degraded")["reason"] == "GatewayAPIUnavailable"

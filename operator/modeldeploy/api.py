@@ -585,20 +585,14 @@ class MonitoringSpec(ApiModel):
     interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m|h)$", description="Scrape interval.")
 
 
-# Canary (by replica ratio) and BlueGreen are served. Two of their forms are not yet, and are refused rather than
-# run as something else: an HPA deciding the total (it would scale only one of the two Deployments), and a Gateway
-# API route (the operator does not patch HTTPRoutes yet).
+# Canary and BlueGreen are served, but not yet with an HPA deciding the total (it would scale only one of the two
+# Deployments): refused rather than run as something else.
 AUTOSCALING_NOT_WITH_PROGRESSIVE = Rule(
     cel="!has(self.autoscaling) || !has(self.rollout) || !has(self.rollout.strategy) || "
         "self.rollout.strategy == 'RollingUpdate'",
     message=("autoscaling with rollout.strategy Canary or BlueGreen is not served yet (the HPA would scale only one "
              "of the two Deployments); use spec.replicas, or RollingUpdate with autoscaling"),
     holds=lambda s: s.autoscaling is None or s.rollout.strategy == "RollingUpdate")
-TRAFFIC_ROUTING_NOT_SERVED_YET = Rule(
-    cel="!has(self.rollout) || !has(self.rollout.canary) || !has(self.rollout.canary.trafficRouting)",
-    message=("rollout.canary.trafficRouting (Gateway API) is not served yet; leave it out and the canary's weight "
-             "is reached by replica ratio behind the one Service"),
-    holds=lambda s: s.rollout.canary is None or s.rollout.canary.traffic_routing is None)
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -619,7 +613,6 @@ class ModelDeploymentSpec(ApiModel):
 
     rules = (
         AUTOSCALING_NOT_WITH_PROGRESSIVE,
-        TRAFFIC_ROUTING_NOT_SERVED_YET,
         Rule(cel=("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilization) || "
                   "(has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"),
              message="autoscaling.targetCPUUtilization needs resources.requests.cpu (utilization is a share of it)",

@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modeldeploy import FIELD_MANAGER, GROUP, PLURAL, __version__, permissions
 from modeldeploy.kube import (
+    HTTP_ROUTE,
     KIND_BY_NAME,
     LEASE,
     MODEL_DEPLOYMENT,
@@ -360,14 +361,22 @@ class KubernetesCluster:
             raise refused.error() from None  # 409 AlreadyExists: someone else created it first
 
     async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
-        permissions.require(LEASE.group, LEASE.plural, "update")
-        meta = lease["metadata"]
+        return await self._replace(LEASE, lease)
+
+    async def replace_route(self, route: dict[str, Any]) -> dict[str, Any]:
+        return await self._replace(HTTP_ROUTE, route)
+
+    async def _replace(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(kind.group, kind.plural, "update")
+        meta = obj["metadata"]
         if not meta.get("resourceVersion"):
-            raise ValueError("a Lease is replaced only with the resourceVersion it was read with")
+            raise ValueError(f"a {kind.kind} is replaced only with the resourceVersion it was read with")
         try:
-            return await self._call("PUT", object_path(LEASE, meta["namespace"], meta["name"]),
-                                    query=[("fieldManager", FIELD_MANAGER)], body=lease, content_type=JSON)
+            return await self._call("PUT", object_path(kind, meta["namespace"], meta["name"]),
+                                    query=[("fieldManager", FIELD_MANAGER)], body=obj, content_type=JSON)
         except _Refused as refused:
+            if refused.status == 404 and not refused.names_object:
+                raise kind_not_installed(kind) from None
             raise refused.error() from None  # 409 Conflict: someone else wrote it since we read it
 
     async def post_event(self, involved: dict[str, Any], event_type: str, reason: str, message: str) -> None:

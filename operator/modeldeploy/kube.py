@@ -35,10 +35,13 @@ POD = Kind("", "v1", "pods", "Pod")
 SECRET = Kind("", "v1", "secrets", "Secret")
 PVC = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 LEASE = Kind("coordination.k8s.io", "v1", "leases", "Lease")  # leader election, in the operator's own namespace
+# Canary with trafficRouting.gatewayAPI: the user's HTTPRoute, whose backendRefs' weights the operator sets.
+HTTP_ROUTE = Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 
 # Children in apply order (the Deployment first: the others refer to it).
 CHILD_KINDS: tuple[Kind, ...] = (DEPLOYMENT, SERVICE, HPA, PDB, SERVICE_MONITOR)
-KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC, LEASE)}
+KIND_BY_NAME: dict[str, Kind] = {k.kind: k for k in (*CHILD_KINDS, MODEL_DEPLOYMENT, POD, SECRET, PVC, LEASE,
+                                                     HTTP_ROUTE)}
 
 # Every child a ModelDeployment can have, by key: its kind and the suffix of its name after the object's. The key
 # is the kind, plus the suffix for the second Deployment and the preview Service (Canary and BlueGreen), in apply
@@ -48,6 +51,7 @@ CHILD_SLOTS: dict[str, tuple[Kind, str]] = {
     f"Deployment{naming.SECOND_SLOT}": (DEPLOYMENT, naming.SECOND_SLOT),
     "Service": (SERVICE, ""),
     f"Service{naming.PREVIEW_SUFFIX}": (SERVICE, naming.PREVIEW_SUFFIX),
+    f"Service{naming.CANARY_SUFFIX}": (SERVICE, naming.CANARY_SUFFIX),
     "HorizontalPodAutoscaler": (HPA, ""),
     "PodDisruptionBudget": (PDB, ""),
     "ServiceMonitor": (SERVICE_MONITOR, ""),
@@ -129,6 +133,10 @@ class Cluster(Protocol):
 
     async def create_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """Create a coordination.k8s.io/v1 Lease (POST); one that exists already is ApiError 409 AlreadyExists."""
+
+    async def replace_route(self, route: dict[str, Any]) -> dict[str, Any]:
+        """Replace an HTTPRoute (PUT) carrying the metadata.resourceVersion it was read with: ApiError 409
+        Conflict when someone else wrote it since, 404 when it is gone."""
 
     async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """Replace a Lease (PUT) carrying the metadata.resourceVersion it was read with: ApiError 409

@@ -35,6 +35,8 @@ SECOND_SLOT = "-b"
 SLOT_LABEL = f"{PREFIX}/slot"
 # BlueGreen: the Service that selects the preview (the target's pods) while one is up.
 PREVIEW_SUFFIX = "-preview"
+# Canary with a Gateway API HTTPRoute: the Service that selects the canary's pods, the route's second backend.
+CANARY_SUFFIX = "-canary"
 
 
 def selector_labels(name: str) -> dict[str, str]:

@@ -54,6 +54,9 @@ NAMESPACED: tuple[Permission, ...] = (
     _p("monitoring.coreos.com", "servicemonitors", "get list patch create delete",
        "optional ServiceMonitor for Triton's metrics (applied and deleted by name; listed into the watch cache "
        "at startup and at each resync, not watched)"),
+    _p("gateway.networking.k8s.io", "httproutes", "get update",
+       "Canary with trafficRouting.gatewayAPI: read the HTTPRoute it names and set the weights of its backendRefs "
+       "(replaced with the resourceVersion read; never created, deleted or watched)"),
     _p("", "pods", "list watch", "surface Unschedulable/CrashLoopBackOff reasons and probe Triton at pod IPs"),
     _p("", "secrets", "get", "check that spec.model.credentialsSecret exists before rolling it out"),
     _p("", "persistentvolumeclaims", "get", "check that a pvc:// repository's claim exists"),

@@ -30,10 +30,28 @@ from modeldeploy.render.service import render_service
 FIRST = "Deployment"
 SECOND = f"Deployment{naming.SECOND_SLOT}"
 PREVIEW = f"Service{naming.PREVIEW_SUFFIX}"
+CANARY_SERVICE = f"Service{naming.CANARY_SUFFIX}"
 
 
 def is_progressive(md: ModelDeployment) -> bool:
     return md.spec.rollout.strategy in ("Canary", "BlueGreen")
+
+
+def route_of(md: ModelDeployment) -> tuple[str, str] | None:
+    """(namespace, name) of the HTTPRoute a Canary's weights are set on; None: split by replica ratio."""
+    canary = md.spec.rollout.canary
+    gateway = canary.gateway_api if md.spec.rollout.strategy == "Canary" and canary is not None else None
+    return (gateway.namespace or md.namespace, gateway.http_route) if gateway is not None else None
+
+
+def needs_route(md: ModelDeployment, previous: Mapping[str, Any], children: Mapping[str, Any]) -> bool:
+    """Whether this reconcile reads the HTTPRoute: a routed Canary with a rollout under way (the stable template
+    is not the spec's), or a canary Service the route may still send to. A settled object reads nothing."""
+    if route_of(md) is None:
+        return False
+    stable = rollout.stable_template(md, previous.get("rollout") or {})
+    return (stable is not None and stable.fingerprint != rollout.template_of(md).fingerprint) \
+        or children.get(CANARY_SERVICE) is not None
 
 
 @dataclass(frozen=True)
@@ -111,8 +129,10 @@ class Step:
 
 def decide(md: ModelDeployment, previous: Mapping[str, Any], children: Mapping[str, Any],
            pods: Sequence[Mapping[str, Any]], reports: Mapping[str, PodModelReport], now: str, *,
-           baseline_at: str | None = None, verdict: Verdict | None = None) -> Step:
-    """The step machine's next decision, from the spec, the last status and the cluster as observed."""
+           baseline_at: str | None = None, verdict: Verdict | None = None,
+           route_weight: int | None = None) -> Step:
+    """The step machine's next decision, from the spec, the last status and the cluster as observed
+    (`route_weight`: the canary's weight in the HTTPRoute as read, with trafficRouting.gatewayAPI)."""
     last = previous.get("rollout") or {}
     target = rollout.template_of(md)
     stable = rollout.stable_template(md, last)
@@ -135,7 +155,7 @@ def decide(md: ModelDeployment, previous: Mapping[str, Any], children: Mapping[s
         canary=_side(other_deployment, target_pods),
         canary_failure=evidence.message if evidence is not None else "",
         canary_problems=tuple(pod_problems(target_pods)),
-        baseline_at=baseline_at, verdict=verdict)
+        route_canary_weight=route_weight, baseline_at=baseline_at, verdict=verdict)
     decision = canary.decide(md.spec.rollout, canary.Revision(target.fingerprint, target.version),
                              canary.Revision(stable.fingerprint, stable.version) if stable is not None else None,
                              last, observed, now)
@@ -147,11 +167,12 @@ def _side(deployment: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]
     return canary.Side(replicas, sum(1 for p in pods if is_ready(p)))
 
 
-def render(step: Step, *, owner_uid: str | None = None,
-           capabilities: ServerCapabilities = ServerCapabilities()) -> dict[str, dict[str, Any] | None]:
+def render(step: Step, *, owner_uid: str | None = None, capabilities: ServerCapabilities = ServerCapabilities(),
+           route_weight: int | None = None) -> dict[str, dict[str, Any] | None]:
     """Every child by CHILD_SLOTS key (None: must not exist). The stable slot runs the stable template at the
     decision's stable count; the other slot runs the target while the decision gives it pods, and is deleted
-    otherwise. BlueGreen's Service selects the active template's pods, and its preview Service the target's."""
+    otherwise. BlueGreen's Service selects the active template's pods, and its preview Service the target's; so
+    does a routed Canary's, with `<name>-canary` for the canary (`route_weight`: as the route was read)."""
     md, decision = step.md, step.decision
     stable_md = step.stable.spec if step.under_way and step.stable is not None else md
     children = render_children(md, replicas=decision.stable_replicas, owner_uid=owner_uid,
@@ -166,17 +187,26 @@ def render(step: Step, *, owner_uid: str | None = None,
                                             template_label=True) if decision.canary_replicas > 0 else None,
     }
     own += [d for d in deployments.values() if d is not None]
-    preview = None
+    preview = canary_service = None
     if md.spec.rollout.strategy == "BlueGreen":
         service = render_service(md, template=decision.active)
         own.append(service)
         if step.under_way and decision.canary_replicas > 0 and not decision.promote:
             preview = render_service(md, suffix=naming.PREVIEW_SUFFIX, template=step.target.fingerprint)
             own.append(preview)
+    elif decision.route is not None:
+        # The route's two backends: the stable version's pods behind `<name>`, the canary's behind `<name>-canary`,
+        # kept while the route may still send it traffic.
+        service = render_service(md, template=decision.active)
+        own.append(service)
+        if decision.canary_replicas > 0 or (route_weight or 0) > 0:
+            canary_service = render_service(md, suffix=naming.CANARY_SUFFIX, template=step.target.fingerprint)
+            own.append(canary_service)
     if owner_uid:
         for child in own:
             child["metadata"]["ownerReferences"] = [naming.owner_reference(md.name, owner_uid)]
-    return {FIRST: deployments[FIRST], SECOND: deployments[SECOND], "Service": service, PREVIEW: preview, **children}
+    return {FIRST: deployments[FIRST], SECOND: deployments[SECOND], "Service": service, PREVIEW: preview,
+            CANARY_SERVICE: canary_service, **children}
 
 
 def rolling_update_children(md: ModelDeployment, render_md: ModelDeployment, slots: Slots, replicas: int | None, *,
@@ -187,7 +217,8 @@ def rolling_update_children(md: ModelDeployment, render_md: ModelDeployment, slo
     children = render_children(render_md, replicas=replicas, owner_uid=owner_uid, capabilities=capabilities,
                                slot=suffix)
     deployment = children.pop("Deployment")
-    return {slots.stable: deployment, slots.other: None, "Service": children.pop("Service"), PREVIEW: None, **children}
+    return {slots.stable: deployment, slots.other: None, "Service": children.pop("Service"), PREVIEW: None,
+            CANARY_SERVICE: None, **children}
 
 
 def rollout_decision(step: Step) -> rollout.RolloutDecision:

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from modeldeploy import naming, progressive, rollout
+from modeldeploy import naming, progressive, rollout, routing
 from modeldeploy.analysis import Sample, aggregate, side_deltas, verdict
-from modeldeploy.canary import Scrape
+from modeldeploy.canary import RouteWeights, Scrape
 from modeldeploy.errors import InvalidSpec, parse_model_deployment
 from modeldeploy.events import Event, events_for
 from modeldeploy.intent import Plan, plan, replicas_intent
 from modeldeploy.kube import (
     CHILD_SLOTS,
+    HTTP_ROUTE,
     KIND_BY_NAME,
     MODEL_DEPLOYMENT,
     POD,
@@ -49,6 +50,9 @@ POLL_MAX_SECONDS = 60.0
 
 # A step's own deadline (a pause, an analysis interval) is looked at no sooner than this after a reconcile.
 MIN_STEP_REQUEUE_SECONDS = 0.5
+
+# A route write waits this long after a Service it sends to was changed (its endpoints follow).
+ROUTE_SETTLE_SECONDS = 2.0
 
 # A status write refused because the object changed since this reconcile read it: look again soon.
 CONFLICT_RETRY_SECONDS = 0.1
@@ -163,10 +167,14 @@ class Reconciler:
         outcome = Outcome()
         reports = await self._probe(md, pods, outcome)
         step: progressive.Step | None = None
+        side_problems: list[Problem] = []
+        route = None
         if progressive.is_progressive(md):
-            step = await self._decide_progressive(md, previous, observed, pods, reports)
+            route, route_weight = await self._read_route(md, previous, observed, side_problems)
+            step = await self._decide_progressive(md, previous, observed, pods, reports, route_weight)
             decision = progressive.rollout_decision(step)
-            desired = progressive.render(step, owner_uid=uid, capabilities=self.capabilities)
+            desired = progressive.render(step, owner_uid=uid, capabilities=self.capabilities,
+                                         route_weight=route_weight)
             serving = step.serving_slot
         else:
             stable = rollout.stable_template(md, previous.get("rollout") or {})
@@ -178,7 +186,6 @@ class Reconciler:
                 capabilities=self.capabilities)
         if getattr(self.cluster, "reads_from_cache", False):
             monitor_kind_installed &= await self._confirm_absent(namespace, name, desired, observed)
-        side_problems: list[Problem] = []
         if not monitor_kind_installed:
             desired["ServiceMonitor"] = None  # nothing to apply or delete: the kind does not exist
             if md.spec.monitoring.service_monitor:
@@ -195,6 +202,8 @@ class Reconciler:
         if problem is None:
             problem = await self._dry_run(todo.apply)
         changes = await self._act(name, todo, observed, outcome) if problem is None else Changes()
+        if route is not None and step is not None and step.decision.route is not None and problem is None:
+            await self._write_route(md, route, step.decision.route, todo, outcome, side_problems)
 
         other = observed.get(step.beside_slot) if step is not None else None
         status = derive_status(md, Observed(deployment=observed.get(serving), pods=pods, reports=reports,
@@ -212,8 +221,60 @@ class Reconciler:
                                         max(step.decision.requeue_after, MIN_STEP_REQUEUE_SECONDS))
         return outcome
 
+    async def _read_route(self, md: Any, previous: dict[str, Any], observed: dict[str, Any],
+                          side_problems: list[Problem]) -> tuple[dict[str, Any] | None, int | None]:
+        """A routed Canary's HTTPRoute and the canary's weight in it, while a rollout needs them; what keeps it
+        from being used goes to `side_problems` (the step then waits, and its deadline aborts it)."""
+        where = progressive.route_of(md)
+        if where is None or not progressive.needs_route(md, previous, observed):
+            return None, None
+        namespace, name = where
+        what = f"rollout.canary.trafficRouting.gatewayAPI: HTTPRoute {namespace}/{name}"
+        try:
+            route = await self.cluster.get(HTTP_ROUTE, namespace, name, fresh=True)
+        except ApiError as error:
+            if error.not_found:
+                side_problems.append(Problem("GatewayAPIUnavailable", f"{what}: the HTTPRoute kind (Gateway API, "
+                                                                      f"{HTTP_ROUTE.api_version}) is not installed",
+                                             False))
+                return None, None
+            if error.status == 403:
+                side_problems.append(Problem("Forbidden", f"{what}: {error.message}", False))
+                return None, None
+            raise
+        if route is None:
+            side_problems.append(Problem("HTTPRouteNotFound", f"{what} not found", False))
+            return None, None
+        weight = routing.canary_weight(route, md.name, md.name + naming.CANARY_SUFFIX, md.namespace)
+        if weight is None:
+            side_problems.append(Problem("HTTPRouteNotRouted", f"{what} has no rule with a backendRef to Service "
+                                                               f"{md.namespace}/{md.name}", False))
+            return None, None
+        return route, weight
+
+    async def _write_route(self, md: Any, route: dict[str, Any], weights: RouteWeights, todo: Plan,
+                           outcome: Outcome, side_problems: list[Problem]) -> None:
+        """Give the route the decided weights, unless this reconcile changed a Service the route sends to: its
+        endpoints follow a moment later, so the route waits for the next look."""
+        wanted = routing.with_weights(route, md.name, md.name + naming.CANARY_SUFFIX, md.namespace, weights)
+        if wanted == route:
+            return
+        if any(child["kind"] == "Service" for child in todo.apply):
+            outcome.requeue_after = min(outcome.requeue_after or POLL_MAX_SECONDS, ROUTE_SETTLE_SECONDS)
+            return
+        try:
+            await self.cluster.replace_route(wanted)
+        except ApiError as error:
+            if error.conflict:
+                outcome.requeue_after = CONFLICT_RETRY_SECONDS  # someone else wrote it: read it again
+                return
+            meta = route["metadata"]
+            side_problems.append(Problem("Forbidden" if error.status == 403 else error.reason or "HTTPRouteRefused",
+                                         f"HTTPRoute {meta['namespace']}/{meta['name']}: {error.message}", False))
+
     async def _decide_progressive(self, md: Any, previous: dict[str, Any], observed: dict[str, Any],
-                                  pods: list[dict[str, Any]], reports: dict[str, Any]) -> progressive.Step:
+                                  pods: list[dict[str, Any]], reports: dict[str, Any],
+                                  route_weight: int | None) -> progressive.Step:
         """The step machine's decision, with the analysis scrapes it asks for taken through the triton boundary:
         the baseline is kept here (in memory, per object), the verdict is taken against it and decided again
         with (at the same `now`)."""
@@ -222,7 +283,8 @@ class Reconciler:
         held = self._baselines.get(key)
         target = rollout.template_of(md).fingerprint
         baseline_at = held.started_at if held is not None and held.template == target else None
-        step = progressive.decide(md, previous, observed, pods, reports, now, baseline_at=baseline_at)
+        step = progressive.decide(md, previous, observed, pods, reports, now, baseline_at=baseline_at,
+                                  route_weight=route_weight)
         scrape = step.decision.scrape
         if scrape is Scrape.BASELINE and step.decision.state is not None and step.decision.state.analysis:
             canary_pods, stable_pods = step.scrape_sides(pods)
@@ -236,7 +298,7 @@ class Reconciler:
             stable_side = aggregate(side_deltas(held.stable, await self._sample(stable_pods), md.model_name,
                                                 step.stable.version))
             step = progressive.decide(md, previous, observed, pods, reports, now, baseline_at=baseline_at,
-                                      verdict=verdict(canary_side, stable_side, thresholds))
+                                      verdict=verdict(canary_side, stable_side, thresholds), route_weight=route_weight)
         if step.decision.state is None or step.decision.promote:
             self._baselines.pop(key, None)
         return step

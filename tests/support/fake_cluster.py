@@ -61,7 +61,7 @@ from typing import Any
 
 from modeldeploy import FIELD_MANAGER, PLURAL, permissions
 from modeldeploy.cluster import event_body
-from modeldeploy.kube import KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind, kind_not_installed
+from modeldeploy.kube import HTTP_ROUTE, KIND_BY_NAME, LEASE, MODEL_DEPLOYMENT, ApiError, Kind, kind_not_installed
 
 log = logging.getLogger(__name__)
 
@@ -699,20 +699,28 @@ class FakeCluster:
     async def replace_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
         """PUT: the whole object replaces the stored one; a stale metadata.resourceVersion is 409 Conflict.
         (The API server lets a Lease be updated without one, unconditionally; our boundary never does.)"""
-        permissions.require(LEASE.group, LEASE.plural, "update")
-        meta = lease.get("metadata") or {}
-        await self._enter("replace_lease", LEASE, meta.get("namespace", ""), meta.get("name", ""))
-        self.writes.append(("replace_lease", LEASE.kind, meta.get("namespace", ""), meta.get("name", "")))
-        self._maybe_fail("replace_lease", LEASE)
+        return await self._replace(LEASE, "replace_lease", lease)
+
+    async def replace_route(self, route: dict[str, Any]) -> dict[str, Any]:
+        """PUT of an HTTPRoute, as replace_lease."""
+        return await self._replace(HTTP_ROUTE, "replace_route", route)
+
+    async def _replace(self, kind: Kind, verb: str, obj: dict[str, Any]) -> dict[str, Any]:
+        permissions.require(kind.group, kind.plural, "update")
+        meta = obj.get("metadata") or {}
+        await self._enter(verb, kind, meta.get("namespace", ""), meta.get("name", ""))
+        self.writes.append((verb, kind.kind, meta.get("namespace", ""), meta.get("name", "")))
+        self._maybe_fail(verb, kind)
+        self._check_installed(kind)
         if not meta.get("resourceVersion"):
-            raise ValueError("the cluster boundary replaces a Lease only with the resourceVersion it read")
-        stored = self._objects.get(self._key(LEASE, meta.get("namespace"), meta.get("name", "")))
+            raise ValueError(f"the cluster boundary replaces a {kind.kind} only with the resourceVersion it read")
+        stored = self._objects.get(self._key(kind, meta.get("namespace"), meta.get("name", "")))
         if stored is None:
-            raise ApiError(404, "NotFound", f'leases.coordination.k8s.io "{meta.get("name")}" not found')
+            raise ApiError(404, "NotFound", f'{self._resource(kind)} "{meta.get("name")}" not found')
         if meta["resourceVersion"] != stored.obj["metadata"]["resourceVersion"]:
-            raise self._conflict(LEASE, meta["name"])
-        self._validate(LEASE, copy.deepcopy(lease))
-        return self.update(lease, manager=FIELD_MANAGER)
+            raise self._conflict(kind, meta["name"])
+        self._validate(kind, copy.deepcopy(obj))
+        return self.update(obj, manager=FIELD_MANAGER)
 
     def _conflict(self, kind: Kind, name: str) -> ApiError:
         return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {self._resource(kind)} "{name}": the '
