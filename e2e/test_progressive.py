@@ -246,7 +246,9 @@ def test_an_unschedulable_canary_shows_at_once_and_aborts_at_the_deadline(namesp
 # RBAC. Its spec is kept as written.
 HTTP_ROUTE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+    # *.k8s.io groups need this annotation (the Gateway API's own CRDs carry one like it).
+    "metadata": {"name": "httproutes.gateway.networking.k8s.io",
+                 "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}},
     "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
              "names": {"kind": "HTTPRoute", "listKind": "HTTPRouteList", "plural": "httproutes",
                        "singular": "httproute"},
