@@ -110,25 +110,25 @@ def test_every_example_is_covered_here():
          "mig-slice.yaml"])
 
 
-def test_cpu_python_pvc_as_written(example_namespaces):
-    md = load("cpu-python-pvc.yaml")
-    namespace = in_namespace(md, example_namespaces)
+def pvc_example_as_written(example: str, made: list[str]) -> tuple[dict[str, Any], str]:
+    """A pvc:// example applied as written, its claim holding its model; once Ready: (the object, its namespace)."""
+    md = load(example)
+    namespace = in_namespace(md, made)
     claim, _, subdir = md["spec"]["model"]["repository"].removeprefix("pvc://").partition("/")
     model, version = model_of(md)
     write_model(model_store(namespace, claim, subdir=subdir), model, (int(version),))
-    kubectl("apply", "-f", str(EXAMPLES / "cpu-python-pvc.yaml"))
+    kubectl("apply", "-f", str(EXAMPLES / example))
     kubectl_wait_ready(namespace, md["metadata"]["name"], timeout=180)
+    return md, namespace
+
+
+def test_cpu_python_pvc_as_written(example_namespaces):
+    pvc_example_as_written("cpu-python-pvc.yaml", example_namespaces)
 
 
 def test_canary_pvc_as_written(example_namespaces):
-    md = load("canary-pvc.yaml")
-    namespace = in_namespace(md, example_namespaces)
-    claim, _, subdir = md["spec"]["model"]["repository"].removeprefix("pvc://").partition("/")
-    model, version = model_of(md)
-    write_model(model_store(namespace, claim, subdir=subdir), model, (int(version),))
-    kubectl("apply", "-f", str(EXAMPLES / "canary-pvc.yaml"))
+    md, namespace = pvc_example_as_written("canary-pvc.yaml", example_namespaces)
     name = md["metadata"]["name"]
-    kubectl_wait_ready(namespace, name, timeout=180)
     # The first version is deployed whole, on the first of the two Deployments; the Service selects every pod.
     assert len(pods_of(namespace, name)) == md["spec"]["replicas"]
     assert get_json("deployment", f"{name}-b", "-n", namespace) is None
