@@ -22,7 +22,7 @@ from modeldeploy.analysis import Verdict
 from modeldeploy.api import ModelDeployment
 from modeldeploy.model_health import PodModelReport
 from modeldeploy.pods import is_ready, is_terminating, pod_problems, pod_template
-from modeldeploy.render import render_children
+from modeldeploy.render import owned, render_beside, render_children
 from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import deployment_template_fingerprint, render_deployment
 from modeldeploy.render.service import render_service
@@ -175,38 +175,24 @@ def render(step: Step, *, owner_uid: str | None = None, capabilities: ServerCapa
     does a routed Canary's, with `<name>-canary` for the canary (`route_weight`: as the route was read)."""
     md, decision = step.md, step.decision
     stable_md = step.stable.spec if step.under_way and step.stable is not None else md
-    children = render_children(md, replicas=decision.stable_replicas, owner_uid=owner_uid,
-                               capabilities=capabilities)
-    del children["Deployment"]
-    service = children.pop("Service")
-    own: list[dict[str, Any]] = []
     deployments = {
         step.slots.stable: render_deployment(stable_md, replicas=decision.stable_replicas,
                                              slot=Slots.suffix(step.slots.stable), template_label=True),
         step.slots.other: render_deployment(md, replicas=decision.canary_replicas, slot=Slots.suffix(step.slots.other),
                                             template_label=True) if decision.canary_replicas > 0 else None,
     }
-    own += [d for d in deployments.values() if d is not None]
-    preview = canary_service = None
-    if md.spec.rollout.strategy == "BlueGreen":
-        service = render_service(md, template=decision.active)
-        own.append(service)
-        if step.under_way and decision.canary_replicas > 0 and not decision.promote:
-            preview = render_service(md, suffix=naming.PREVIEW_SUFFIX, template=step.target.fingerprint)
-            own.append(preview)
-    elif decision.route is not None:
-        # The route's two backends: the stable version's pods behind `<name>`, the canary's behind `<name>-canary`,
-        # kept while the route may still send it traffic.
-        service = render_service(md, template=decision.active)
-        own.append(service)
-        if decision.canary_replicas > 0 or (route_weight or 0) > 0:
-            canary_service = render_service(md, suffix=naming.CANARY_SUFFIX, template=step.target.fingerprint)
-            own.append(canary_service)
-    if owner_uid:
-        for child in own:
-            child["metadata"]["ownerReferences"] = [naming.owner_reference(md.name, owner_uid)]
-    return {FIRST: deployments[FIRST], SECOND: deployments[SECOND], "Service": service, PREVIEW: preview,
-            CANARY_SERVICE: canary_service, **children}
+    blue_green = md.spec.rollout.strategy == "BlueGreen"
+    # Canary by replica ratio: the one Service selects every pod. BlueGreen and a routed Canary: the active
+    # template's pods, beside BlueGreen's preview or the route's canary backend (kept while the route may still
+    # send to it).
+    service = render_service(md, template=decision.active)
+    preview = render_service(md, suffix=naming.PREVIEW_SUFFIX, template=step.target.fingerprint) \
+        if blue_green and step.under_way and decision.canary_replicas > 0 and not decision.promote else None
+    canary_service = render_service(md, suffix=naming.CANARY_SUFFIX, template=step.target.fingerprint) \
+        if decision.route is not None and (decision.canary_replicas > 0 or (route_weight or 0) > 0) else None
+    return owned({FIRST: deployments[FIRST], SECOND: deployments[SECOND], "Service": service, PREVIEW: preview,
+                  CANARY_SERVICE: canary_service, **render_beside(md, deployment=md.name, capabilities=capabilities)},
+                 md, owner_uid)
 
 
 def rolling_update_children(md: ModelDeployment, render_md: ModelDeployment, slots: Slots, replicas: int | None, *,
