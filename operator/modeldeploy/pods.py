@@ -179,6 +179,11 @@ def rollout_progress(deployment: Mapping[str, Any] | None) -> RolloutProgress:
     return RolloutProgress(True, False, f"{updated} of {desired} replicas updated and available", desired, updated)
 
 
+def spec_replicas(deployment: Mapping[str, Any] | None) -> int:
+    """The replica count a Deployment asks for (0 when there is none)."""
+    return int((deployment or {}).get("spec", {}).get("replicas", 0))
+
+
 def template_version(deployment: Mapping[str, Any] | None) -> str:
     if deployment is None:
         return ""

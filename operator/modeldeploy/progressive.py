@@ -21,7 +21,7 @@ from modeldeploy import canary, naming, rollout
 from modeldeploy.analysis import Verdict
 from modeldeploy.api import ModelDeployment
 from modeldeploy.model_health import PodModelReport
-from modeldeploy.pods import is_ready, is_terminating, pod_problems, pod_template
+from modeldeploy.pods import is_ready, is_terminating, pod_problems, pod_template, spec_replicas
 from modeldeploy.render import owned, render_beside, render_children
 from modeldeploy.render.capabilities import ServerCapabilities
 from modeldeploy.render.deployment import deployment_template_fingerprint, render_deployment
@@ -69,7 +69,7 @@ def assign_slots(children: Mapping[str, Any], stable_template: str) -> Slots:
     the larger of those that exist (a first version, or a status that lost its stable template); else the first."""
     def replicas(key: str) -> int:
         found = children.get(key)
-        return int(found.get("spec", {}).get("replicas", 0)) if found is not None else -1
+        return spec_replicas(found) if found is not None else -1
 
     existing = [key for key in (FIRST, SECOND) if children.get(key) is not None]
     running_stable = [key for key in existing
@@ -80,7 +80,7 @@ def assign_slots(children: Mapping[str, Any], stable_template: str) -> Slots:
 
 def in_slot(pod: Mapping[str, Any], key: str) -> bool:
     labels = pod.get("metadata", {}).get("labels") or {}
-    return labels.get(naming.SLOT_LABEL) == (Slots.suffix(key).lstrip("-") or None)
+    return labels.get(naming.SLOT_LABEL) == naming.slot_labels(Slots.suffix(key)).get(naming.SLOT_LABEL)
 
 
 def side_pods(pods: Sequence[Mapping[str, Any]], key: str, template: str) -> list[Mapping[str, Any]]:
@@ -163,8 +163,7 @@ def decide(md: ModelDeployment, previous: Mapping[str, Any], children: Mapping[s
 
 
 def _side(deployment: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> canary.Side:
-    replicas = int(deployment.get("spec", {}).get("replicas", 0)) if deployment is not None else 0
-    return canary.Side(replicas, sum(1 for p in pods if is_ready(p)))
+    return canary.Side(spec_replicas(deployment), sum(1 for p in pods if is_ready(p)))
 
 
 def render(step: Step, *, owner_uid: str | None = None, capabilities: ServerCapabilities = ServerCapabilities(),

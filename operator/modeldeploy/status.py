@@ -33,6 +33,7 @@ from modeldeploy.pods import (
     pod_template,
     pod_version,
     rollout_progress,
+    spec_replicas,
     summarize,
     template_version,
 )
@@ -173,7 +174,7 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
                                               f"rolled back to version {stable.version}: {failure.message}", False))
     degraded = summarize(problems)
 
-    desired = deployment.get("spec", {}).get("replicas", 0) if deployment else 0
+    desired = spec_replicas(deployment)
     dstatus = (deployment or {}).get("status", {})
     ready_replicas = dstatus.get("readyReplicas", 0)
 
@@ -256,7 +257,7 @@ def derive_status(md: ModelDeployment, observed: Observed, previous: Mapping[str
         ready_replicas=total("readyReplicas"),
         updated_replicas=total("updatedReplicas"),
         available_replicas=total("availableReplicas"),
-        replica_summary=f"{total('readyReplicas')}/{sum(int(d.get('spec', {}).get('replicas', 0)) for d in counted)}",
+        replica_summary=f"{total('readyReplicas')}/{sum(spec_replicas(d) for d in counted)}",
         selector=naming.selector_string(md.name),
         current_version=current,
         target_version=target,
